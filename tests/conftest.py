@@ -1,0 +1,37 @@
+"""Fixtures shared by the tests: small slices of the real Digit Recognizer files shipped in the repo."""
+import gzip
+import itertools
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_rows(kind, n_rows, path):
+    """Write the header and the first n_rows rows of the shipped {kind}.csv.gz to path, as plain csv; -> path."""
+    with gzip.open(REPO / "digit-recognizer" / f"{kind}.csv.gz", "rb") as shipped:
+        Path(path).write_bytes(b"".join(itertools.islice(shipped, n_rows + 1)))
+    return Path(path)
+
+
+@pytest.fixture
+def repo_dir():
+    return REPO
+
+
+@pytest.fixture
+def small_train_csv(tmp_path):
+    return write_rows("train", 300, tmp_path / "train.csv")
+
+
+@pytest.fixture
+def small_test_csv(tmp_path):
+    return write_rows("test", 200, tmp_path / "test.csv")
+
+
+@pytest.fixture(scope="session")
+def real_digits():
+    """(images, labels) of the first 500 training digits, loaded as the project loads them."""
+    import data
+    return data.load_train(REPO / "digit-recognizer" / "train.csv.gz", max_rows=500)

@@ -1,0 +1,125 @@
+"""run.py end to end, as a user runs it: a subprocess on a few hundred real rows."""
+import csv
+import glob
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One short training run in a scratch directory; the tests below read what it left."""
+    from conftest import write_rows
+    workdir = tmp_path_factory.mktemp("run")
+    write_rows("train", 400, workdir / "train.csv")
+    write_rows("test", 150, workdir / "test.csv")
+    result = run(["--max_n_epochs", "1", "--batch_size", "32", "--show_incorrect"], cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workdir, result.stdout
+
+
+def test_prints_one_line_per_epoch_and_a_summary(finished_run):
+    _, stdout = finished_run
+    assert "epoch   1/1" in stdout
+    assert "best validation accuracy" in stdout
+    assert "submission: submission.csv" in stdout
+
+
+def test_submission_has_an_image_id_and_a_label_per_test_row(finished_run):
+    workdir, _ = finished_run
+    with open(workdir / "submission.csv") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == ["ImageId", "Label"]
+    assert [int(image_id) for image_id, _ in rows[1:]] == list(range(1, 151))
+    assert all(label in "0123456789" and len(label) == 1 for _, label in rows[1:])
+
+
+def test_best_checkpoint_restores_into_a_fresh_network(finished_run):
+    import tensorflow as tf
+    from model import DigitNet
+    workdir, _ = finished_run
+    model = DigitNet(seed=123)
+    before = model.conv1.numpy().copy()
+    path = tf.train.latest_checkpoint(str(workdir / "model" / "best"))
+    tf.train.Checkpoint(model=model).read(path).expect_partial().assert_existing_objects_matched()
+    assert not np.allclose(before, model.conv1.numpy())
+
+
+def test_saved_model_predicts_probabilities_without_project_code(finished_run, real_digits):
+    workdir, _ = finished_run
+    code = ("import sys, numpy as np, tensorflow as tf\n"
+            "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+            "p = serve(images=tf.zeros([3, 28, 28, 1]))['probabilities'].numpy()\n"
+            "assert p.shape == (3, 10) and np.allclose(p.sum(1), 1, atol=1e-5), p\n")
+    # A clean interpreter in another directory: the project's modules are not importable there.
+    result = subprocess.run([sys.executable, "-c", code, str(workdir / "model" / "saved_model")],
+                            cwd=workdir.parent, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def test_tensorboard_event_files_hold_scalars_histograms_graph_and_images(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    workdir, _ = finished_run
+    (run_dir,) = glob.glob(str(workdir / "tf_logs" / "*"))
+    train = EventAccumulator(os.path.join(run_dir, "train"), size_guidance={"tensors": 0}).Reload()
+    validation = EventAccumulator(os.path.join(run_dir, "validation"), size_guidance={"tensors": 0}).Reload()
+    train_tags, validation_tags = set(train.Tags()["tensors"]), set(validation.Tags()["tensors"])
+    assert {"loss", "accuracy", "learning_rate"} <= train_tags
+    assert any("conv1" in tag for tag in train_tags)  # the weight histograms
+    assert train.Graph() is not None
+    assert {"loss", "accuracy"} <= validation_tags
+    assert any("misclassified" in tag for tag in validation_tags)
+
+
+def test_show_incorrect_saves_the_misclassified_grid(finished_run):
+    workdir, _ = finished_run
+    png = workdir / "resources" / "misclassified_digits.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 5000
+
+
+def test_help_lists_every_setting_with_its_default(tmp_path):
+    result = run(["--help"], cwd=tmp_path)
+    assert result.returncode == 0
+    for flag in ["--max_n_epochs", "--patience", "--batch_size", "--dropout_rate", "--percent_data_for_training",
+                 "--show_incorrect", "--seed", "--learning_rate"]:
+        assert flag in result.stdout
+    assert "(default: 15)" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
+    (["--batch_size", "many"], "--batch_size: invalid int value: 'many'"),
+    (["--dropout_rate", "1.5"], "--dropout_rate 1.5: must be in [0, 1)"),
+    (["--percent_data_for_training", "0"], "--percent_data_for_training 0: must be in [1, 100]"),
+])
+def test_bad_flags_are_refused_with_exit_code_2(tmp_path, args, message):
+    result = run(args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_bad_data_file_exits_2_and_leaves_the_old_submission(tmp_path):
+    (tmp_path / "submission.csv").write_text("ImageId,Label\n1,7\n")
+    (tmp_path / "train.csv").write_text("label,pixel0\n1,0\n")
+    result = run([], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "train.csv" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "submission.csv").read_text() == "ImageId,Label\n1,7\n"
+
+
+def test_missing_data_file_names_it_and_says_where_to_get_it(tmp_path):
+    result = run(["--test", "nowhere/test.csv"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nowhere/test.csv" in result.stderr and "kaggle.com" in result.stderr

@@ -1,0 +1,237 @@
+"""The from-scratch building blocks: batch norm, dropout, augmentation, optimisers, the learning-rate schedule.
+
+Plain TensorFlow ops on tf.Variables, no Keras. Each piece matches the library's own to float32 precision;
+tests/test_tools.py holds them side by side.
+"""
+import math
+
+import tensorflow as tf
+
+# ---------------------------------------------------------------------------------------------------------
+# batch normalisation
+
+
+def batch_norm_variables(n_channels: int) -> dict[str, tf.Variable]:
+    """A learned per-channel scale and offset, and the moving statistics used at inference."""
+    return {
+        "scale": tf.Variable(tf.ones([n_channels]), name="scale"),
+        "offset": tf.Variable(tf.zeros([n_channels]), name="offset"),
+        "moving_mean": tf.Variable(tf.zeros([n_channels]), trainable=False, name="moving_mean"),
+        "moving_variance": tf.Variable(tf.ones([n_channels]), trainable=False, name="moving_variance"),
+    }
+
+
+def batch_normalize(x, bn: dict, training: bool, momentum=0.99, epsilon=1e-3):
+    """Per-channel batch norm over every axis but the last (batch, and height/width for conv maps):
+
+        y = scale * (x - mean) / sqrt(var + epsilon) + offset
+
+    training: mean and (biased) var of this batch, and moving = momentum * moving + (1 - momentum) * batch,
+    exactly Keras' BatchNormalization rule. Inference: mean and var are the moving statistics.
+    `training` is a Python bool: the caller traces one graph per mode.
+    """
+    if training:
+        axes = list(range(len(x.shape) - 1))
+        mean = tf.reduce_mean(x, axes)
+        variance = tf.reduce_mean(tf.square(x - mean), axes)
+        bn["moving_mean"].assign(bn["moving_mean"] * momentum + mean * (1.0 - momentum))
+        bn["moving_variance"].assign(bn["moving_variance"] * momentum + variance * (1.0 - momentum))
+    else:
+        mean, variance = bn["moving_mean"], bn["moving_variance"]
+    return bn["scale"] * (x - mean) * tf.math.rsqrt(variance + epsilon) + bn["offset"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# dropout
+
+
+def dropout(x, rate: float, rng: tf.random.Generator, training: bool):
+    """Inverted dropout: y = x * keep / (1 - rate), keep ~ Bernoulli(1 - rate) per unit, so E[y] = x and
+    inference needs no rescaling. At inference, or when rate == 0, y = x and rng is not touched (may be None)."""
+    if not training or rate == 0:
+        return x
+    keep = tf.cast(rng.uniform(tf.shape(x)) >= rate, x.dtype)
+    return x * keep / (1.0 - rate)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# augmentation
+
+
+def affine_transform(images, matrices):
+    """Resample each image [N,H,W,C] through its own 3x3 matrix [N,3,3]:
+
+        (row_in, col_in, 1) = matrix @ (row_out, col_out, 1)
+
+    with bilinear interpolation, pixel centres at integer coordinates, zeros outside: the convention of
+    scipy.ndimage.affine_transform(image, matrix, order=1, mode='constant', cval=0). One difference at the
+    very edge: a point less than a pixel outside the image is interpolated between the edge pixel and 0
+    (scipy's mode='grid-constant') where mode='constant' gives 0 outright.
+
+    ImageProjectiveTransformV3 takes the same map in (x=col, y=row) order, flattened to 8 numbers
+    [a0 a1 a2 b0 b1 b2 c0 c1] with the last entry 1, so swap rows 0,1 and columns 0,1 and normalise.
+    """
+    xy = tf.gather(tf.gather(tf.cast(matrices, tf.float32), [1, 0, 2], axis=1), [1, 0, 2], axis=2)
+    xy = xy / xy[:, 2:, 2:]
+    # A static output size (height and width must be known) keeps the static shape that model code reshapes by.
+    height, width = images.shape[1], images.shape[2]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=tf.reshape(xy, [-1, 9])[:, :8], output_shape=[height, width],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+
+
+def random_augmentation_matrices(rng, n, height, width, max_rotation_degrees, max_shift_fraction,
+                                 max_zoom_fraction, max_shear=0.0):
+    """n random output->input matrices [n,3,3] about the image centre c = ((height-1)/2, (width-1)/2):
+
+        input = A (output - c) + c + shift,   A = R(angle) @ [[1, 0], [shear, 1]] / zoom
+
+    angle ~ U(±max_rotation_degrees), zoom ~ U(1 ± max_zoom_fraction) (> 1 enlarges the digit),
+    shear ~ U(±max_shear), shift ~ U(±max_shift_fraction * height) in rows, likewise in columns.
+    """
+    def uniform(half_range, centre=0.0):
+        return rng.uniform([n], centre - half_range, centre + half_range)
+
+    angle = uniform(max_rotation_degrees * math.pi / 180)
+    zoom = uniform(max_zoom_fraction, 1.0)
+    shear = uniform(max_shear)
+    shift_row, shift_col = uniform(max_shift_fraction * height), uniform(max_shift_fraction * width)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    a, b = (cos - sin * shear) / zoom, -sin / zoom
+    c, d = (sin + cos * shear) / zoom, cos / zoom
+    centre_row, centre_col = (height - 1) / 2, (width - 1) / 2
+    zeros, ones = tf.zeros([n]), tf.ones([n])
+    return tf.stack([
+        tf.stack([a, b, centre_row + shift_row - a * centre_row - b * centre_col], axis=1),
+        tf.stack([c, d, centre_col + shift_col - c * centre_row - d * centre_col], axis=1),
+        tf.stack([zeros, zeros, ones], axis=1),
+    ], axis=1)
+
+
+def data_augmentation(images, rng, max_rotation_degrees=15.0, max_shift_fraction=0.1, max_zoom_fraction=0.1,
+                      max_shear=0.0):
+    """A different random rotation, zoom, shear and shift for every image of the batch, in the graph."""
+    height, width = images.shape[1], images.shape[2]
+    matrices = random_augmentation_matrices(rng, tf.shape(images)[0], height, width, max_rotation_degrees,
+                                            max_shift_fraction, max_zoom_fraction, max_shear)
+    return affine_transform(images, matrices)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# optimisers: each keeps its state in tf.Variables created up front, so tf.train.Checkpoint saves it and
+# apply_gradients only assigns (as tf.function requires). Updates are written in Keras' algebraic form,
+# e.g. m += (1 - b1)(g - m) rather than m = b1 m + (1 - b1) g, to agree with it to the last float32 bit.
+
+
+def zeros_like_each(variables):
+    return [tf.Variable(tf.zeros_like(variable), trainable=False) for variable in variables]
+
+
+class Adam(tf.Module):
+    """Adam (Kingma & Ba 2014), as Keras computes it:
+
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2;   t <- t + 1
+        lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t);   p <- p - lr_t * m / (sqrt(v) + eps)
+    """
+
+    def __init__(self, variables, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        super().__init__()
+        self.params = list(variables)
+        self.learning_rate = tf.Variable(learning_rate, dtype=tf.float32, trainable=False)
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.m, self.v = zeros_like_each(self.params), zeros_like_each(self.params)
+
+    def apply_gradients(self, gradients):
+        t = tf.cast(self.iterations + 1, tf.float32)
+        lr_t = self.learning_rate * tf.sqrt(1 - tf.pow(self.beta_2, t)) / (1 - tf.pow(self.beta_1, t))
+        for p, g, m, v in zip(self.params, gradients, self.m, self.v):
+            m.assign_add((g - m) * (1 - self.beta_1))
+            v.assign_add((tf.square(g) - v) * (1 - self.beta_2))
+            p.assign_sub(m * lr_t / (tf.sqrt(v) + self.epsilon))
+        self.iterations.assign_add(1)
+
+
+class Adadelta(tf.Module):
+    """Adadelta (Zeiler 2012), as Keras computes it (an optional learning rate, 1.0 being the paper's):
+
+        E[g^2] <- rho E[g^2] + (1 - rho) g^2
+        dp = -sqrt(E[dp^2] + eps) / sqrt(E[g^2] + eps) * g       (units of p, from the running RMS of steps)
+        E[dp^2] <- rho E[dp^2] + (1 - rho) dp^2;   p <- p + lr * dp
+    """
+
+    def __init__(self, variables, learning_rate=1.0, rho=0.95, epsilon=1e-7):
+        super().__init__()
+        self.params = list(variables)
+        self.learning_rate = tf.Variable(learning_rate, dtype=tf.float32, trainable=False)
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.rho, self.epsilon = rho, epsilon
+        self.mean_square_gradient = zeros_like_each(self.params)
+        self.mean_square_step = zeros_like_each(self.params)
+
+    def apply_gradients(self, gradients):
+        rho, eps = self.rho, self.epsilon
+        for p, g, msg, mss in zip(self.params, gradients, self.mean_square_gradient, self.mean_square_step):
+            msg.assign(rho * msg + (1 - rho) * tf.square(g))
+            step = -(tf.sqrt(mss + eps) * g) / tf.sqrt(msg + eps)
+            mss.assign(rho * mss + (1 - rho) * tf.square(step))
+            p.assign_add(self.learning_rate * step)
+        self.iterations.assign_add(1)
+
+
+class Nadam(tf.Module):
+    """Nadam (Dozat 2015): Adam with Nesterov momentum, as Keras 3 computes it, with its momentum schedule
+
+        u_t = b1 (1 - 0.5 * 0.96^t),   U_t = u_1 u_2 ... u_t
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+        m_hat = u_{t+1} m / (1 - U_t u_{t+1}) + (1 - u_t) g / (1 - U_t);   v_hat = v / (1 - b2^t)
+        p <- p - lr * m_hat / (sqrt(v_hat) + eps)
+
+    The m_hat mixes the next step's momentum with today's gradient: the Nesterov look-ahead.
+    """
+
+    def __init__(self, variables, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        super().__init__()
+        self.params = list(variables)
+        self.learning_rate = tf.Variable(learning_rate, dtype=tf.float32, trainable=False)
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.u_product = tf.Variable(1.0, trainable=False)
+        self.m, self.v = zeros_like_each(self.params), zeros_like_each(self.params)
+
+    def apply_gradients(self, gradients):
+        t = tf.cast(self.iterations + 1, tf.float32)
+        u_t = self.beta_1 * (1 - 0.5 * tf.pow(0.96, t))
+        u_next = self.beta_1 * (1 - 0.5 * tf.pow(0.96, t + 1))
+        self.u_product.assign(self.u_product * u_t)
+        u_product_next = self.u_product * u_next
+        for p, g, m, v in zip(self.params, gradients, self.m, self.v):
+            m.assign_add((g - m) * (1 - self.beta_1))
+            v.assign_add((tf.square(g) - v) * (1 - self.beta_2))
+            m_hat = u_next * m / (1 - u_product_next) + (1 - u_t) * g / (1 - self.u_product)
+            v_hat = v / (1 - tf.pow(self.beta_2, t))
+            p.assign_sub(m_hat * self.learning_rate / (tf.sqrt(v_hat) + self.epsilon))
+        self.iterations.assign_add(1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# learning-rate schedule
+
+
+def one_cycle_learning_rate(step, total_steps, peak_learning_rate, warmup_fraction=0.25, final_fraction=1e-3):
+    """One-cycle schedule (Smith 2018, in the form of PyTorch's OneCycleLR with linear warm-up):
+
+        w = warmup_fraction * total_steps
+        step < w:   lr = start + (peak - start) * step / w,                       start = peak / 25
+        step >= w:  lr = final + (peak - final) * (1 + cos(pi * (step - w) / (total_steps - w))) / 2,
+                                                                                   final = peak * final_fraction
+    so it climbs from peak/25 to the peak, then anneals to peak * final_fraction at total_steps (and stays).
+    A float32 tensor, for a Python number or a tensor step alike; warmup_fraction must be in [0, 1).
+    """
+    step = tf.cast(step, tf.float32)
+    warmup_steps = warmup_fraction * total_steps
+    start, final = peak_learning_rate / 25, peak_learning_rate * final_fraction
+    warming = start + (peak_learning_rate - start) * step / warmup_steps
+    progress = tf.minimum((step - warmup_steps) / (total_steps - warmup_steps), 1.0)
+    annealing = final + (peak_learning_rate - final) * (1 + tf.cos(math.pi * progress)) / 2
+    return tf.where(step < warmup_steps, warming, annealing)

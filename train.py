@@ -1,0 +1,173 @@
+"""The training loop: mini-batches, augmentation, Adam, a one-cycle learning rate, early stopping,
+checkpoints and TensorBoard logs. run.py calls train(); so do the experiments and the tuner.
+"""
+import math
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tools import Adam, data_augmentation, one_cycle_learning_rate
+
+EVAL_BATCH_SIZE = 1000
+
+
+def cross_entropy(logits, labels, label_smoothing=0.0):
+    """Mean softmax cross-entropy against one-hot targets smoothed towards uniform:
+    target = (1 - s) * one_hot + s / n_classes."""
+    n_classes = logits.shape[-1]
+    targets = tf.one_hot(labels, n_classes) * (1.0 - label_smoothing) + label_smoothing / n_classes
+    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
+
+
+def predict_probabilities(model, images, batch_size=EVAL_BATCH_SIZE):
+    """Softmax outputs of the model in inference mode, batch by batch -> numpy [N, 10]."""
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
+    def probabilities(batch):
+        return tf.nn.softmax(model(batch, training=False))
+
+    outputs = [probabilities(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+    return np.concatenate(outputs) if outputs else np.zeros([0, 10], np.float32)
+
+
+def evaluate(model, images, labels):
+    """-> (mean cross-entropy, accuracy) of the model in inference mode."""
+    probabilities = predict_probabilities(model, images)
+    loss = -np.mean(np.log(probabilities[np.arange(len(labels)), labels] + 1e-12))
+    return float(loss), float(np.mean(probabilities.argmax(1) == labels))
+
+
+class ProgressBar:
+    """A one-line bar redrawn in place; silent when output is not a terminal (logs, CI)."""
+
+    def __init__(self, total, width=30):
+        self.total, self.width, self.enabled = total, width, sys.stdout.isatty()
+
+    def update(self, done, loss):
+        if self.enabled:
+            filled = self.width * done // self.total
+            print(f"\r  [{'=' * filled}{'.' * (self.width - filled)}] {done}/{self.total}  loss {loss:.4f}",
+                  end="", flush=True)
+
+    def close(self):
+        if self.enabled:
+            print("\r" + " " * (self.width + 40) + "\r", end="", flush=True)
+
+
+def train(model, train_images, train_labels, val_images, val_labels, *, max_n_epochs, patience, batch_size,
+          learning_rate, seed, label_smoothing=0.0, augmentation=None, checkpoint_dir=None, log_dir=None,
+          verbose=True):
+    """Train `model` in place and restore its best epoch (by validation accuracy, then loss).
+
+    augmentation: keyword arguments for tools.data_augmentation, or None for none.
+    checkpoint_dir: where tf.train.CheckpointManager keeps 'latest' and 'best'; log_dir: TensorBoard.
+    Returns the history: a list of one dict per epoch.
+    """
+    n_train = len(train_images)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = steps_per_epoch * max_n_epochs
+    optimizer = Adam(model.trainable_variables, learning_rate=learning_rate)
+    rng = tf.random.Generator.from_seed(seed)
+    images = tf.constant(train_images)
+    labels = tf.constant(train_labels)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
+    def train_step(batch_indices):
+        batch_images = tf.gather(images, batch_indices)
+        batch_labels = tf.gather(labels, batch_indices)
+        if augmentation:
+            batch_images = data_augmentation(batch_images, rng, **augmentation)
+        with tf.GradientTape() as tape:
+            logits = model(batch_images, training=True, rng=rng)
+            loss = cross_entropy(logits, batch_labels, label_smoothing)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.learning_rate.assign(
+            one_cycle_learning_rate(tf.cast(optimizer.iterations, tf.float32), total_steps, learning_rate))
+        optimizer.apply_gradients(gradients)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), batch_labels), tf.float32))
+        return loss, correct
+
+    epoch = tf.Variable(0, dtype=tf.int64)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng=rng, epoch=epoch)
+    latest = best = None
+    if checkpoint_dir:
+        latest = tf.train.CheckpointManager(checkpoint, f"{checkpoint_dir}/latest", max_to_keep=1)
+        best = tf.train.CheckpointManager(checkpoint, f"{checkpoint_dir}/best", max_to_keep=1)
+    writers = None
+    if log_dir:
+        writers = {split: tf.summary.create_file_writer(f"{log_dir}/{split}") for split in ("train", "validation")}
+
+    if writers:
+        with writers["train"].as_default():
+            tf.summary.graph(train_step.get_concrete_function().graph)
+    order_rng = np.random.default_rng(seed)
+    history, best_key, best_epoch, best_weights = [], None, 0, None
+    for epoch_index in range(1, max_n_epochs + 1):
+        started = time.time()
+        order = order_rng.permutation(n_train).astype(np.int32)
+        bar = ProgressBar(steps_per_epoch)
+        loss_sum = correct_sum = 0.0
+        for step in range(steps_per_epoch):
+            batch_indices = order[step * batch_size:(step + 1) * batch_size]
+            loss, correct = train_step(batch_indices)
+            loss_sum += float(loss) * len(batch_indices)
+            correct_sum += float(correct)
+            bar.update(step + 1, loss_sum / ((step + 1) * batch_size))
+        bar.close()
+        epoch.assign(epoch_index)
+        val_loss, val_accuracy = evaluate(model, val_images, val_labels) if len(val_labels) else (float("nan"),) * 2
+        record = dict(epoch=epoch_index, train_loss=loss_sum / n_train, train_accuracy=correct_sum / n_train,
+                      val_loss=val_loss, val_accuracy=val_accuracy,
+                      learning_rate=float(optimizer.learning_rate.numpy()), seconds=time.time() - started)
+        history.append(record)
+        if verbose:
+            print(f"epoch {epoch_index:3d}/{max_n_epochs}  train loss {record['train_loss']:.4f} "
+                  f"acc {100 * record['train_accuracy']:.2f}%  val loss {val_loss:.4f} acc {100 * val_accuracy:.2f}%  "
+                  f"lr {record['learning_rate']:.2e}  {record['seconds']:.1f}s", flush=True)
+        if writers:
+            log_epoch(writers, model, record)
+        key = (val_accuracy, -val_loss)
+        if best_key is None or key > best_key or not len(val_labels):
+            best_key, best_epoch = key, epoch_index
+            best_weights = [v.numpy() for v in model.variables]
+            if best:
+                best.save(checkpoint_number=epoch_index)
+        if latest:
+            latest.save(checkpoint_number=epoch_index)
+        if epoch_index - best_epoch >= patience:
+            if verbose:
+                print(f"early stopping: no validation improvement for {patience} epochs")
+            break
+    for variable, value in zip(model.variables, best_weights):
+        variable.assign(value)
+    if verbose:
+        print(f"restored the best epoch, {best_epoch}")
+    return history
+
+
+def named_variables(model):
+    """(attribute name, variable) for each of the model's variables: 'conv1', 'bn1/scale', ..."""
+    for name, value in vars(model).items():
+        if name.startswith("_"):  # tf.Module's own bookkeeping
+            continue
+        if hasattr(value, "items"):  # a batch norm's variables
+            for key, variable in value.items():
+                yield f"{name}/{key}", variable
+        elif isinstance(value, tf.Variable):
+            yield name, value
+
+
+def log_epoch(writers, model, record):
+    step = record["epoch"]
+    with writers["train"].as_default():
+        tf.summary.scalar("loss", record["train_loss"], step=step)
+        tf.summary.scalar("accuracy", record["train_accuracy"], step=step)
+        tf.summary.scalar("learning_rate", record["learning_rate"], step=step)
+        for name, variable in named_variables(model):
+            tf.summary.histogram(name, variable, step=step)
+    with writers["validation"].as_default():
+        tf.summary.scalar("loss", record["val_loss"], step=step)
+        tf.summary.scalar("accuracy", record["val_accuracy"], step=step)
+    for writer in writers.values():
+        writer.flush()
