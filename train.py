@@ -8,9 +8,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tools import Adam, data_augmentation, one_cycle_learning_rate
+from tools import Adadelta, Adam, Nadam, data_augmentation, one_cycle_learning_rate
 
 EVAL_BATCH_SIZE = 1000
+OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
@@ -56,18 +57,20 @@ class ProgressBar:
 
 
 def train(model, train_images, train_labels, val_images, val_labels, *, max_n_epochs, patience, batch_size,
-          learning_rate, seed, label_smoothing=0.0, augmentation=None, checkpoint_dir=None, log_dir=None,
-          verbose=True):
+          learning_rate, seed, label_smoothing=0.0, augmentation=None, optimizer="adam", schedule="one_cycle",
+          checkpoint_dir=None, log_dir=None, after_step=None, verbose=True):
     """Train `model` in place and restore its best epoch (by validation accuracy, then loss).
 
     augmentation: keyword arguments for tools.data_augmentation, or None for none.
+    optimizer: a name in OPTIMIZERS; schedule: 'one_cycle' (peak learning_rate) or 'constant'.
     checkpoint_dir: where tf.train.CheckpointManager keeps 'latest' and 'best'; log_dir: TensorBoard.
+    after_step(step, training_seconds): called after every step (benchmarks evaluate from it).
     Returns the history: a list of one dict per epoch.
     """
     n_train = len(train_images)
     steps_per_epoch = math.ceil(n_train / batch_size)
     total_steps = steps_per_epoch * max_n_epochs
-    optimizer = Adam(model.trainable_variables, learning_rate=learning_rate)
+    optimizer = OPTIMIZERS[optimizer](model.trainable_variables, learning_rate=learning_rate)
     rng = tf.random.Generator.from_seed(seed)
     images = tf.constant(train_images)
     labels = tf.constant(train_labels)
@@ -82,8 +85,8 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
             logits = model(batch_images, training=True, rng=rng)
             loss = cross_entropy(logits, batch_labels, label_smoothing)
         gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.learning_rate.assign(
-            one_cycle_learning_rate(tf.cast(optimizer.iterations, tf.float32), total_steps, learning_rate))
+        if schedule == "one_cycle":
+            optimizer.learning_rate.assign(one_cycle_learning_rate(optimizer.iterations, total_steps, learning_rate))
         optimizer.apply_gradients(gradients)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), batch_labels), tf.float32))
         return loss, correct
@@ -103,16 +106,21 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
             tf.summary.graph(train_step.get_concrete_function().graph)
     order_rng = np.random.default_rng(seed)
     history, best_key, best_epoch, best_weights = [], None, 0, None
+    training_seconds = 0.0
     for epoch_index in range(1, max_n_epochs + 1):
         started = time.time()
         order = order_rng.permutation(n_train).astype(np.int32)
         bar = ProgressBar(steps_per_epoch)
         loss_sum = correct_sum = 0.0
         for step in range(steps_per_epoch):
+            step_started = time.time()
             batch_indices = order[step * batch_size:(step + 1) * batch_size]
             loss, correct = train_step(batch_indices)
             loss_sum += float(loss) * len(batch_indices)
             correct_sum += float(correct)
+            training_seconds += time.time() - step_started
+            if after_step:
+                after_step((epoch_index - 1) * steps_per_epoch + step + 1, training_seconds)
             bar.update(step + 1, loss_sum / ((step + 1) * batch_size))
         bar.close()
         epoch.assign(epoch_index)
