@@ -16,12 +16,15 @@ max_shift_fraction = 0.1
 max_zoom_fraction = 0.1
 percent_data_for_training = 90   # the rest of train.csv is the validation split
 seed = 42
+ensemble = 1                     # train this many networks (seeds seed, seed+1, ...) and average their outputs
+tta = False                      # test-time augmentation: also average over the digit shifted by one pixel
 SHOW_INCORRECT = False           # save resources/misclassified_digits.png
 train = ""                       # train.csv path; default: ./train.csv(.gz), else the shipped copy
 test = ""                        # test.csv path; likewise
 # ------------------------------------------------------------------------------
 CONFIG_NAMES = [name for name in list(globals()) if not name.startswith("_")]
 import argparse
+import json
 import os
 import sys
 import time
@@ -34,6 +37,7 @@ VALID_RANGES = {  # name: (lowest, highest, what the error message says)
     "dropout_rate": (0, 0.999, "in [0, 1)"), "label_smoothing": (0, 1, "in [0, 1]"),
     "max_rotation_degrees": (0, 180, "in [0, 180]"), "max_shift_fraction": (0, 1, "in [0, 1]"),
     "max_zoom_fraction": (0, 0.9, "in [0, 0.9]"), "percent_data_for_training": (1, 100, "in [1, 100]"),
+    "ensemble": (1, INF, "at least 1"),
 }
 MODEL_DIR, LOG_DIR, RESOURCES_DIR, SUBMISSION = "model", "tf_logs", "resources", "submission.csv"
 
@@ -70,59 +74,114 @@ def main(argv=None):
         return 2
     # TensorFlow is imported only now, so that --help, bad flags and bad files answer at once and plainly.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
-    import tensorflow as tf
+    import numpy as np
     import report
-    from model import DigitNet
-    from train import predict_probabilities, train as train_model
     train_images, train_labels, val_images, val_labels = data.split_train_validation(
         images, labels, config.percent_data_for_training, config.seed)
     print(f"data: {len(train_labels)} training and {len(val_labels)} validation digits from {train_path}, "
           f"{len(test_images)} test digits from {test_path}")
 
-    tf.random.set_seed(config.seed)
-    model = DigitNet(dropout_rate=config.dropout_rate, seed=config.seed)
     run_name = datetime.now().strftime("%Y%m%d-%H%M%S")
-    augmentation = dict(max_rotation_degrees=config.max_rotation_degrees,
-                        max_shift_fraction=config.max_shift_fraction, max_zoom_fraction=config.max_zoom_fraction)
-    history = train_model(model, train_images, train_labels, val_images, val_labels,
-                          max_n_epochs=config.max_n_epochs, patience=config.patience, batch_size=config.batch_size,
-                          learning_rate=config.learning_rate, seed=config.seed,
-                          label_smoothing=config.label_smoothing, augmentation=augmentation,
-                          checkpoint_dir=MODEL_DIR, log_dir=f"{LOG_DIR}/{run_name}")
+    members, history = [], None
+    for member in range(1, config.ensemble + 1):
+        # Members differ in seed (initial weights, data order, augmentation, dropout) and share the split,
+        # so the validation digits are held out from every one of them.
+        member_dir = MODEL_DIR if config.ensemble == 1 else f"{MODEL_DIR}/ensemble/member-{member}"
+        member_log_dir = f"{LOG_DIR}/{run_name}" + ("" if config.ensemble == 1 else f"/member-{member}")
+        if config.ensemble > 1:
+            print(f"ensemble member {member}/{config.ensemble}")
+        model, member_history = train_or_reuse_member(config, config.seed + member - 1, member_dir, member_log_dir,
+                                                      train_images, train_labels, val_images, val_labels)
+        members.append(model)
+        history = member_history or history
 
-    export_saved_model(model, f"{MODEL_DIR}/saved_model")
-    test_predictions = predict_probabilities(model, test_images).argmax(1)
+    export_saved_model(members, f"{MODEL_DIR}/saved_model")
+    test_predictions = ensemble_probabilities(members, test_images, config.tta).argmax(1)
     data.write_submission(SUBMISSION, test_predictions)
 
-    best = max(history, key=lambda record: (record["val_accuracy"], -record["val_loss"]))
     if len(val_labels):
-        val_probabilities = predict_probabilities(model, val_images)
+        val_probabilities = ensemble_probabilities(members, val_images, config.tta)
+        val_accuracy = float(np.mean(val_probabilities.argmax(1) == val_labels))
+        what = "validation accuracy" if config.ensemble == 1 else f"validation accuracy of the {config.ensemble}-member ensemble"
+        if config.ensemble == 1:
+            best = max(history, key=lambda record: (record["val_accuracy"], -record["val_loss"]))
+            what += f" (best epoch, {best['epoch']} of {len(history)})"
+        print(f"{what}{' with test-time augmentation' if config.tta else ''}: {100 * val_accuracy:.2f}%")
         mistakes = report.log_misclassified(val_images, val_labels, val_probabilities, f"{LOG_DIR}/{run_name}/validation")
         if config.SHOW_INCORRECT:
             path = report.plot_misclassified(val_images, val_labels, val_probabilities,
                                              f"{RESOURCES_DIR}/misclassified_digits.png")
             print(f"misclassified validation digits ({mistakes}): {path}")
-    print(f"best validation accuracy {100 * best['val_accuracy']:.2f}% (epoch {best['epoch']}), "
-          f"{time.time() - started:.0f}s in all")
-    print(f"checkpoints: {MODEL_DIR}/best, {MODEL_DIR}/latest; SavedModel: {MODEL_DIR}/saved_model")
+    print(f"{time.time() - started:.0f}s in all")
+    checkpoints = f"{MODEL_DIR}/best, {MODEL_DIR}/latest" if config.ensemble == 1 else f"{MODEL_DIR}/ensemble/member-*/"
+    print(f"checkpoints: {checkpoints}; SavedModel: {MODEL_DIR}/saved_model")
     print(f"TensorBoard logs: {LOG_DIR}/{run_name} (tensorboard --logdir {LOG_DIR}); submission: {SUBMISSION}")
     return 0
 
 
-def export_saved_model(model, path):
-    """A SavedModel whose `serving_default` maps images [N, 28, 28, 1] in [0, 1] to class probabilities,
-    loadable with tf.saved_model.load alone. Written beside the old one, then swapped in."""
+def train_or_reuse_member(config, member_seed, member_dir, log_dir, train_images, train_labels, val_images, val_labels):
+    """Train one network, or, for an ensemble member finished by an earlier run with the same settings,
+    restore it from its best checkpoint. -> (model, history or None when reused)."""
+    import tensorflow as tf
+    from model import DigitNet
+    from train import train as train_model
+
+    settings = {name: getattr(config, name) for name in CONFIG_NAMES if name not in ("ensemble", "tta", "SHOW_INCORRECT")}
+    settings.update(member_seed=member_seed, n_train=len(train_labels), train_labels_sum=int(train_labels.sum()))
+    finished_marker = f"{member_dir}/finished.json"
+    tf.random.set_seed(member_seed)
+    model = DigitNet(dropout_rate=config.dropout_rate, seed=member_seed)
+    if config.ensemble > 1 and os.path.exists(finished_marker):
+        with open(finished_marker) as file:
+            if json.load(file) == settings:
+                tf.train.Checkpoint(model=model).read(tf.train.latest_checkpoint(f"{member_dir}/best")).expect_partial()
+                print(f"  reusing the finished member in {member_dir}")
+                return model, None
+    augmentation = dict(max_rotation_degrees=config.max_rotation_degrees,
+                        max_shift_fraction=config.max_shift_fraction, max_zoom_fraction=config.max_zoom_fraction)
+    history = train_model(model, train_images, train_labels, val_images, val_labels,
+                          max_n_epochs=config.max_n_epochs, patience=config.patience, batch_size=config.batch_size,
+                          learning_rate=config.learning_rate, seed=member_seed,
+                          label_smoothing=config.label_smoothing, augmentation=augmentation,
+                          checkpoint_dir=member_dir, log_dir=log_dir)
+    with open(finished_marker + ".tmp", "w") as file:
+        json.dump(settings, file)
+    os.replace(finished_marker + ".tmp", finished_marker)
+    return model, history
+
+
+TTA_SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]  # (rows, columns): the digit and its one-pixel shifts
+
+
+def ensemble_probabilities(models, images, tta=False):
+    """The mean softmax output over the models and, with tta, over the digit shifted by a pixel each way."""
+    import numpy as np
+    from train import predict_probabilities
+
+    shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
+    return np.mean([predict_probabilities(model, np.roll(images, shift, axis=(1, 2)))
+                    for model in models for shift in shifts], axis=0)
+
+
+def export_saved_model(models, path):
+    """A SavedModel whose `serving_default` maps images [N, 28, 28, 1] in [0, 1] to class probabilities (the
+    mean over the models' softmax outputs), loadable with tf.saved_model.load alone. Written beside the old
+    one, then swapped in."""
     import shutil
     import tensorflow as tf
 
+    module = tf.Module()
+    module.models = list(models)
+
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="images")])
     def serve(images):
-        return {"probabilities": tf.nn.softmax(model(images, training=False))}
+        return {"probabilities": tf.add_n([tf.nn.softmax(m(images, training=False)) for m in module.models])
+                / len(module.models)}
 
-    model.serve = serve
+    module.serve = serve
     temporary = path + ".tmp"
     shutil.rmtree(temporary, ignore_errors=True)
-    tf.saved_model.save(model, temporary, signatures=serve)
+    tf.saved_model.save(module, temporary, signatures=serve)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(temporary, path)
 

@@ -4,6 +4,7 @@ checkpoints and TensorBoard logs. run.py calls train(); so do the experiments an
 import math
 import sys
 import time
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -22,12 +23,15 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
 
 
+_compiled_predictions = weakref.WeakKeyDictionary()  # model -> its traced inference function
+
+
 def predict_probabilities(model, images, batch_size=EVAL_BATCH_SIZE):
     """Softmax outputs of the model in inference mode, batch by batch -> numpy [N, 10]."""
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
-    def probabilities(batch):
-        return tf.nn.softmax(model(batch, training=False))
-
+    if model not in _compiled_predictions:
+        _compiled_predictions[model] = tf.function(lambda batch: tf.nn.softmax(model(batch, training=False)),
+                                                   input_signature=[tf.TensorSpec([None, *images.shape[1:]], tf.float32)])
+    probabilities = _compiled_predictions[model]
     outputs = [probabilities(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
     return np.concatenate(outputs) if outputs else np.zeros([0, 10], np.float32)
 

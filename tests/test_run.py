@@ -32,7 +32,7 @@ def finished_run(tmp_path_factory):
 def test_prints_one_line_per_epoch_and_a_summary(finished_run):
     _, stdout = finished_run
     assert "epoch   1/1" in stdout
-    assert "best validation accuracy" in stdout
+    assert "validation accuracy (best epoch, 1 of 1):" in stdout
     assert "submission: submission.csv" in stdout
 
 
@@ -123,3 +123,41 @@ def test_missing_data_file_names_it_and_says_where_to_get_it(tmp_path):
     result = run(["--test", "nowhere/test.csv"], cwd=tmp_path)
     assert result.returncode == 2
     assert "nowhere/test.csv" in result.stderr and "kaggle.com" in result.stderr
+
+
+def test_ensemble_keeps_each_member_and_a_rerun_reuses_them(tmp_path):
+    from conftest import write_rows
+    write_rows("train", 300, tmp_path / "train.csv")
+    write_rows("test", 50, tmp_path / "test.csv")
+    first = run(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("epoch   1/1") == 2
+    assert "validation accuracy of the 2-member ensemble" in first.stdout
+    for member in (1, 2):
+        assert (tmp_path / "model" / "ensemble" / f"member-{member}" / "finished.json").exists()
+    again = run(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "epoch   1/1" not in again.stdout and again.stdout.count("reusing the finished member") == 2
+    assert (tmp_path / "submission.csv").read_text().count("\n") == 51
+
+
+def test_a_member_trained_with_other_settings_is_trained_again(tmp_path):
+    from conftest import write_rows
+    write_rows("train", 300, tmp_path / "train.csv")
+    write_rows("test", 50, tmp_path / "test.csv")
+    assert run(["--ensemble", "2", "--max_n_epochs", "1"], cwd=tmp_path).returncode == 0
+    changed = run(["--ensemble", "2", "--max_n_epochs", "1", "--dropout_rate", "0.5"], cwd=tmp_path)
+    assert changed.returncode == 0, changed.stderr
+    assert changed.stdout.count("epoch   1/1") == 2 and "reusing" not in changed.stdout
+
+
+def test_test_time_augmentation_averages_the_digit_and_its_one_pixel_shifts(real_digits):
+    import run
+    from model import DigitNet
+    from train import predict_probabilities
+    images, _ = real_digits
+    model = DigitNet(seed=1)
+    shifted = [np.roll(images, shift, axis=(1, 2)) for shift in [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]]
+    expected = np.mean([predict_probabilities(model, view) for view in shifted], axis=0)
+    np.testing.assert_allclose(run.ensemble_probabilities([model], images, tta=True), expected, atol=1e-6)
+    assert not np.allclose(run.ensemble_probabilities([model], images, tta=False), expected, atol=1e-4)
