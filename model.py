@@ -5,6 +5,8 @@ tf.saved_model find them) and __call__ is the forward pass, written to read like
 Images come in as float32 [batch, 28, 28, 1] in [0, 1]; logits go out as [batch, 10].
 """
 import math
+from functools import partial
+from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
@@ -61,3 +63,262 @@ class DigitNet(tf.Module):
         x = tf.nn.relu(batch_normalize(x @ self.dense1, self.bn4, training))
         x = dropout(x, self.dropout_rate, rng, training)
         return x @ self.dense2 + self.bias2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The original write-ups' networks, rebuilt from the same pieces. Each takes input_size (the side of a square
+# image) so that the experiments can feed it larger canvases; each __call__ is (images, training, rng) -> logits.
+
+
+def glorot_normal(rng, shape, fan_in, fan_out):
+    """Weights ~ N(0, 2 / (fan_in + fan_out)) (Glorot & Bengio 2010): a compromise between keeping the
+    activations' variance constant going forward and the gradients' going backward."""
+    return tf.Variable(rng.normal(shape) * math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def with_bias(kernel):
+    """A layer with no batch norm after it, so it needs a bias: one zero per output channel (the kernel's last axis)."""
+    return {"kernel": kernel, "bias": tf.Variable(tf.zeros(kernel.shape[-1:]))}
+
+
+def conv_relu(x, layer, padding="VALID"):
+    """Convolution plus bias, then ReLU. 'VALID' (Keras' default) shrinks the map by kernel size - 1."""
+    return tf.nn.relu(tf.nn.conv2d(x, layer["kernel"], strides=1, padding=padding) + layer["bias"])
+
+
+def dense(x, layer):
+    return x @ layer["kernel"] + layer["bias"]
+
+
+def flatten(x):
+    return tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])
+
+
+class MLP(tf.Module):
+    """Fully connected: each pixel is its own input, so nothing learnt at one position helps at another.
+
+        28x28x1 -> flatten 784 -> dense 512, ReLU -> dropout -> dense 256, ReLU -> dropout -> dense 10
+
+    `mlp` is this without dropout; `mlp_dropout` is 784-512-512-10 with 20% dropout (Keras' mnist_mlp.py).
+    """
+
+    def __init__(self, hidden_units=(512, 256), dropout_rate=0.0, seed=0, input_size=28):
+        super().__init__()
+        rng = tf.random.Generator.from_seed(seed)
+        n_pixels, (h1, h2) = input_size * input_size, hidden_units
+        self.dropout_rate = dropout_rate
+        self.fc1 = with_bias(he_normal(rng, [n_pixels, h1], n_pixels))
+        self.fc2 = with_bias(he_normal(rng, [h1, h2], h1))
+        self.fc3 = with_bias(he_normal(rng, [h2, N_CLASSES], h2))
+
+    def __call__(self, images, training=False, rng=None):
+        x = flatten(images)
+        x = dropout(tf.nn.relu(dense(x, self.fc1)), self.dropout_rate, rng, training)
+        x = dropout(tf.nn.relu(dense(x, self.fc2)), self.dropout_rate, rng, training)
+        return dense(x, self.fc3)
+
+
+class CNNSmall(tf.Module):
+    """The tutorials' small CNN: two unpadded conv layers, each pooled, then one hidden dense layer.
+
+        28x28x1 -> conv 3x3 32, ReLU -> 26x26x32 -> maxpool -> 13x13x32
+                -> conv 3x3 64, ReLU -> 11x11x64 -> maxpool ->  5x5x64 -> flatten 1600
+                -> dense 128, ReLU -> dropout 0.5 -> dense 10
+    """
+
+    def __init__(self, dropout_rate=0.5, seed=0, input_size=28):
+        super().__init__()
+        rng = tf.random.Generator.from_seed(seed)
+        side = ((input_size - 2) // 2 - 2) // 2
+        self.dropout_rate = dropout_rate
+        self.conv1 = with_bias(conv_kernel(rng, 3, 1, 32))
+        self.conv2 = with_bias(conv_kernel(rng, 3, 32, 64))
+        self.fc1 = with_bias(he_normal(rng, [side * side * 64, 128], side * side * 64))
+        self.fc2 = with_bias(he_normal(rng, [128, N_CLASSES], 128))
+
+    def __call__(self, images, training=False, rng=None):
+        x = max_pool(conv_relu(images, self.conv1))
+        x = max_pool(conv_relu(x, self.conv2))
+        x = dropout(tf.nn.relu(dense(flatten(x), self.fc1)), self.dropout_rate, rng, training)
+        return dense(x, self.fc2)
+
+
+class CNNKerasExample(tf.Module):
+    """Keras' classic examples/mnist_cnn.py: two unpadded conv layers, one pool, dropout on maps and dense layer.
+
+        28x28x1 -> conv 3x3 32, ReLU -> 26x26x32
+                -> conv 3x3 64, ReLU -> 24x24x64 -> maxpool -> 12x12x64 -> dropout 0.25 -> flatten 9216
+                -> dense 128, ReLU -> dropout 0.5 -> dense 10
+    """
+
+    def __init__(self, dropout_rate=0.5, conv_dropout_rate=0.25, seed=0, input_size=28):
+        super().__init__()
+        rng = tf.random.Generator.from_seed(seed)
+        side = (input_size - 4) // 2
+        self.dropout_rate, self.conv_dropout_rate = dropout_rate, conv_dropout_rate
+        self.conv1 = with_bias(conv_kernel(rng, 3, 1, 32))
+        self.conv2 = with_bias(conv_kernel(rng, 3, 32, 64))
+        self.fc1 = with_bias(he_normal(rng, [side * side * 64, 128], side * side * 64))
+        self.fc2 = with_bias(he_normal(rng, [128, N_CLASSES], 128))
+
+    def __call__(self, images, training=False, rng=None):
+        x = conv_relu(images, self.conv1)
+        x = max_pool(conv_relu(x, self.conv2))
+        x = dropout(x, self.conv_dropout_rate, rng, training)
+        x = dropout(tf.nn.relu(dense(flatten(x), self.fc1)), self.dropout_rate, rng, training)
+        return dense(x, self.fc2)
+
+
+class CNNBNDeep(tf.Module):
+    """Two pairs of 3x3 conv layers with batch norm, each pair pooled, then a wide dense layer with batch norm.
+    'Same' padding throughout (model.conv_bn_relu), so only the pools shrink the map.
+
+        28x28x1 -> conv 3x3 32, BN, ReLU -> conv 3x3 32, BN, ReLU -> maxpool -> 14x14x32
+                -> conv 3x3 64, BN, ReLU -> conv 3x3 64, BN, ReLU -> maxpool ->  7x7x64 -> flatten 3136
+                -> dense 512, BN, ReLU -> dropout 0.2 -> dense 10
+    """
+
+    def __init__(self, dropout_rate=0.2, seed=0, input_size=28):
+        super().__init__()
+        rng = tf.random.Generator.from_seed(seed)
+        n_flat = (input_size // 4) ** 2 * 64
+        self.dropout_rate = dropout_rate
+        self.conv1, self.bn1 = conv_kernel(rng, 3, 1, 32), batch_norm_variables(32)
+        self.conv2, self.bn2 = conv_kernel(rng, 3, 32, 32), batch_norm_variables(32)
+        self.conv3, self.bn3 = conv_kernel(rng, 3, 32, 64), batch_norm_variables(64)
+        self.conv4, self.bn4 = conv_kernel(rng, 3, 64, 64), batch_norm_variables(64)
+        self.fc1, self.bn5 = he_normal(rng, [n_flat, 512], n_flat), batch_norm_variables(512)
+        self.fc2 = with_bias(he_normal(rng, [512, N_CLASSES], 512))
+
+    def __call__(self, images, training=False, rng=None):
+        x = conv_bn_relu(images, self.conv1, self.bn1, training)
+        x = max_pool(conv_bn_relu(x, self.conv2, self.bn2, training))
+        x = conv_bn_relu(x, self.conv3, self.bn3, training)
+        x = max_pool(conv_bn_relu(x, self.conv4, self.bn4, training))
+        x = tf.nn.relu(batch_normalize(flatten(x) @ self.fc1, self.bn5, training))
+        x = dropout(x, self.dropout_rate, rng, training)
+        return dense(x, self.fc2)
+
+
+class CNNTuned(tf.Module):
+    """The hyper-parameter search's winner: wide 7x7 convolutions, batch norm after every pool (and on the
+    pixels), Glorot-normal weights. 'Same' padding throughout; the L1/L2 penalty is in its training recipe.
+
+        28x28x1 -> BN -> conv 7x7 256, ReLU -> maxpool -> 14x14x256 -> BN
+                      -> conv 7x7 256, ReLU -> maxpool ->  7x7x256 -> BN
+                      -> conv 5x5 32, ReLU  -> maxpool ->  3x3x32  -> BN -> flatten 288
+                      -> dense 64, ReLU -> dropout 0.5 -> dense 10
+    """
+
+    def __init__(self, dropout_rate=0.5, seed=0, input_size=28):
+        super().__init__()
+        rng = tf.random.Generator.from_seed(seed)
+        n_flat = (input_size // 8) ** 2 * 32
+
+        def conv(size, n_in, n_out):
+            return with_bias(glorot_normal(rng, [size, size, n_in, n_out], size * size * n_in, size * size * n_out))
+
+        self.dropout_rate = dropout_rate
+        self.bn0 = batch_norm_variables(1)
+        self.conv1, self.bn1 = conv(7, 1, 256), batch_norm_variables(256)
+        self.conv2, self.bn2 = conv(7, 256, 256), batch_norm_variables(256)
+        self.conv3, self.bn3 = conv(5, 256, 32), batch_norm_variables(32)
+        self.fc1 = with_bias(glorot_normal(rng, [n_flat, 64], n_flat, 64))
+        self.fc2 = with_bias(glorot_normal(rng, [64, N_CLASSES], 64, N_CLASSES))
+
+    def __call__(self, images, training=False, rng=None):
+        x = batch_normalize(images, self.bn0, training)
+        x = batch_normalize(max_pool(conv_relu(x, self.conv1, "SAME")), self.bn1, training)
+        x = batch_normalize(max_pool(conv_relu(x, self.conv2, "SAME")), self.bn2, training)
+        x = batch_normalize(max_pool(conv_relu(x, self.conv3, "SAME")), self.bn3, training)
+        x = dropout(tf.nn.relu(dense(flatten(x), self.fc1)), self.dropout_rate, rng, training)
+        return dense(x, self.fc2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registry: each network by name, with the recipe it is trained by (train.train's keyword arguments).
+
+
+class ModelSpec(NamedTuple):
+    build: Callable  # (dropout_rate=..., seed=..., input_size=...) -> the network; DigitNet has no input_size
+    recipe: dict     # train.train's keyword arguments, bar the data and the seed
+
+
+MODELS = {
+    # run.py's defaults, so that `python run.py` trains DigitNet as it always has
+    "digitnet": ModelSpec(DigitNet, dict(
+        optimizer="adam", schedule="one_cycle", learning_rate=3e-3, max_n_epochs=15, patience=5, batch_size=128,
+        label_smoothing=0.1,
+        augmentation=dict(max_rotation_degrees=10.0, max_shift_fraction=0.1, max_zoom_fraction=0.1))),
+    # the MLP write-ups (Keras' mnist_mlp.py) train with RMSprop; Adam is the nearest optimiser this project has
+    "mlp": ModelSpec(partial(MLP, hidden_units=(512, 256)), dict(
+        optimizer="adam", schedule="constant", learning_rate=1e-3, max_n_epochs=20, patience=5, batch_size=128)),
+    "mlp_dropout": ModelSpec(partial(MLP, hidden_units=(512, 512), dropout_rate=0.2), dict(
+        optimizer="adam", schedule="constant", learning_rate=1e-3, max_n_epochs=20, patience=5, batch_size=128)),
+    "cnn_small": ModelSpec(CNNSmall, dict(
+        optimizer="adam", schedule="constant", learning_rate=1e-3, max_n_epochs=15, patience=5, batch_size=128)),
+    # as published: 12 epochs of Adadelta, no early stopping, no augmentation
+    "cnn_keras_example": ModelSpec(CNNKerasExample, dict(
+        optimizer="adadelta", schedule="constant", learning_rate=1.0, max_n_epochs=12, patience=12, batch_size=128)),
+    "cnn_bn_deep": ModelSpec(CNNBNDeep, dict(
+        optimizer="adam", schedule="constant", learning_rate=1e-3, max_n_epochs=20, patience=5, batch_size=128,
+        # the write-up's shear_range=0.3, taken as tools' shear (tan of the angle, up to 17 degrees)
+        augmentation=dict(max_rotation_degrees=8.0, max_shift_fraction=0.08, max_zoom_fraction=0.08, max_shear=0.3))),
+    "cnn_tuned": ModelSpec(CNNTuned, dict(
+        optimizer="adam", schedule="plateau", learning_rate=1e-3, plateau_factor=0.1, plateau_patience=4,
+        max_n_epochs=50, patience=10, batch_size=128, class_weights="balanced", weight_penalty=(1e-5, 1e-4))),
+}
+AUGMENTATION_RANGES = ("max_rotation_degrees", "max_shift_fraction", "max_zoom_fraction", "max_shear")
+
+
+def build_model(name, dropout_rate=None, seed=0, **architecture):
+    """MODELS[name]'s network. dropout_rate None keeps the network's own; architecture e.g. input_size=48."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    if dropout_rate is not None:
+        architecture["dropout_rate"] = dropout_rate
+    return MODELS[name].build(seed=seed, **architecture)
+
+
+def training_recipe(name, **overrides):
+    """MODELS[name].recipe with overrides laid over it (run.py's flags, the experiments' quick settings).
+    An augmentation range, e.g. max_rotation_degrees=5, replaces that entry of the augmentation dict;
+    all ranges zero means no augmentation."""
+    recipe = dict(MODELS[name].recipe)
+    augmentation = dict(recipe.get("augmentation") or {})
+    for key, value in overrides.items():
+        if key in AUGMENTATION_RANGES:
+            augmentation[key] = value
+        else:
+            recipe[key] = value
+    recipe["augmentation"] = augmentation if any(augmentation.values()) else None
+    return recipe
+
+
+def count_parameters(model):
+    """Trainable parameters (batch norm's moving statistics are not learnt, so not counted)."""
+    return sum(variable.shape.num_elements() for variable in model.trainable_variables)
+
+
+def count_flops(model, input_size=28):
+    """Forward FLOPs for one image, analytically: 2 x the multiply-adds of every convolution and matrix product
+    in the traced graph of model.__call__, from their operands' shapes (conv: output H*W*C_out times kernel
+    h*w*C_in; matmul [1, k] @ [k, n]: k*n). Biases, batch norm, ReLU and pooling (2% at most here) are left out."""
+    graph = tf.function(model).get_concrete_function(tf.TensorSpec([1, input_size, input_size, 1])).graph
+    multiply_adds = 0
+    for op in graph.get_operations():
+        if op.type == "Conv2D":
+            kernel_height, kernel_width, in_channels, _ = op.inputs[1].shape
+            multiply_adds += op.outputs[0].shape.num_elements() * kernel_height * kernel_width * in_channels
+        elif op.type == "MatMul":
+            multiply_adds += op.inputs[0].shape.num_elements() * op.inputs[1].shape[1]
+    return 2 * multiply_adds
+
+
+def describe_models():
+    """(name, trainable parameters, forward FLOPs per 28x28 image) of every registered network."""
+    rows = []
+    for name in MODELS:
+        model = build_model(name)
+        rows.append((name, count_parameters(model), count_flops(model)))
+    return rows

@@ -16,13 +16,16 @@ max_shift_fraction = 0.1
 max_zoom_fraction = 0.1
 percent_data_for_training = 90   # the rest of train.csv is the validation split
 seed = 42
+model = "digitnet"               # the network (python run.py --list-models), trained with its own recipe
+params = ""                      # a tune.py best_params.json: train the network and recipe it describes
 ensemble = 1                     # train this many networks (seeds seed, seed+1, ...) and average their outputs
 tta = False                      # test-time augmentation: also average over the digit shifted by one pixel
-SHOW_INCORRECT = False           # save resources/misclassified_digits.png
+SHOW_INCORRECT = False           # also list every misclassified validation digit (the report pictures them)
 train = ""                       # train.csv path; default: ./train.csv(.gz), else the shipped copy
 test = ""                        # test.csv path; likewise
 # ------------------------------------------------------------------------------
 CONFIG_NAMES = [name for name in list(globals()) if not name.startswith("_")]
+DEFAULTS = {name: globals()[name] for name in CONFIG_NAMES}
 import argparse
 import json
 import os
@@ -39,41 +42,60 @@ VALID_RANGES = {  # name: (lowest, highest, what the error message says)
     "max_zoom_fraction": (0, 0.9, "in [0, 0.9]"), "percent_data_for_training": (1, 100, "in [1, 100]"),
     "ensemble": (1, INF, "at least 1"),
 }
+# The settings above that make up a training recipe: for --model NAME, those left at their default give way to
+# that network's own recipe (model.MODELS; digitnet's is exactly these defaults).
+RECIPE_SETTINGS = ["max_n_epochs", "patience", "batch_size", "learning_rate", "dropout_rate", "label_smoothing",
+                   "max_rotation_degrees", "max_shift_fraction", "max_zoom_fraction"]
 MODEL_DIR, LOG_DIR, RESOURCES_DIR, SUBMISSION = "model", "tf_logs", "resources", "submission.csv"
 
 
 def parse_flags(argv):
     """Every configuration name above becomes --name (booleans become switches, --show_incorrect)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = globals()
-    for name in CONFIG_NAMES:
-        default = defaults[name]
+    for name, default in DEFAULTS.items():
         flag = "--" + name.lower()
         if isinstance(default, bool):
             parser.add_argument(flag, dest=name, action="store_true", help=f"(default: off)")
         else:
             parser.add_argument(flag, dest=name, type=type(default), default=default, metavar=type(default).__name__.upper(),
                                 help=f"(default: {default})")
+    parser.add_argument("--list-models", action="store_true", help="list the networks with their size and cost")
     args = parser.parse_args(argv)
     for name, (low, high, meaning) in VALID_RANGES.items():
         if not low <= getattr(args, name) <= high:
             parser.error(f"--{name.lower()} {getattr(args, name)}: must be {meaning}")
+    if args.params and args.model != DEFAULTS["model"]:
+        parser.error("--params and --model: choose one (a params file names its own network)")
     return args
 
 
 def main(argv=None):
     config = parse_flags(sys.argv[1:] if argv is None else argv)
     started = time.time()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
+    if config.list_models:
+        from model import describe_models
+        print(f"{'model':<20}{'parameters':>12}{'FLOPs/image':>16}")
+        for name, parameters, flops in describe_models():
+            print(f"{name:<20}{parameters:>12,}{flops:>16,}")
+        return 0
+    if config.model != DEFAULTS["model"]:  # knowing the names takes TensorFlow, so only when one is given
+        from model import MODELS
+        if config.model not in MODELS:
+            print(f"error: --model {config.model}: choose from {', '.join(MODELS)}", file=sys.stderr)
+            return 2
     import data
     try:
         train_path, test_path = data.find_csv("train", config.train), data.find_csv("test", config.test)
         images, labels = data.load_train(train_path)
         test_images = data.load_test(test_path)
+        if config.params:
+            import tune
+            config.params = tune.load_params(config.params)  # the file's contents, checked
     except data.DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     # TensorFlow is imported only now, so that --help, bad flags and bad files answer at once and plainly.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
     import numpy as np
     import report
     train_images, train_labels, val_images, val_labels = data.split_train_validation(
@@ -107,11 +129,16 @@ def main(argv=None):
             best = max(history, key=lambda record: (record["val_accuracy"], -record["val_loss"]))
             what += f" (best epoch, {best['epoch']} of {len(history)})"
         print(f"{what}{' with test-time augmentation' if config.tta else ''}: {100 * val_accuracy:.2f}%")
-        mistakes = report.log_misclassified(val_images, val_labels, val_probabilities, f"{LOG_DIR}/{run_name}/validation")
+        report.log_misclassified(val_images, val_labels, val_probabilities, f"{LOG_DIR}/{run_name}/validation")
+        # The report looks inside one network: with an ensemble, the first member on its own.
+        report.write_report(members[0], history if config.ensemble == 1 else None, train_labels, val_images,
+                            val_labels, RESOURCES_DIR, log_dir=f"{LOG_DIR}/{run_name}/report")
         if config.SHOW_INCORRECT:
-            path = report.plot_misclassified(val_images, val_labels, val_probabilities,
-                                             f"{RESOURCES_DIR}/misclassified_digits.png")
-            print(f"misclassified validation digits ({mistakes}): {path}")
+            predictions = val_probabilities.argmax(1)
+            print(f"misclassified validation digits (pictured in {RESOURCES_DIR}/misclassified_digits.png):")
+            for index in report.misclassified(val_labels, val_probabilities):
+                print(f"  validation digit {index}: true {val_labels[index]}, predicted {predictions[index]} "
+                      f"(probability {val_probabilities[index, predictions[index]]:.2f})")
     print(f"{time.time() - started:.0f}s in all")
     checkpoints = f"{MODEL_DIR}/best, {MODEL_DIR}/latest" if config.ensemble == 1 else f"{MODEL_DIR}/ensemble/member-*/"
     print(f"checkpoints: {checkpoints}; SavedModel: {MODEL_DIR}/saved_model")
@@ -123,31 +150,40 @@ def train_or_reuse_member(config, member_seed, member_dir, log_dir, train_images
     """Train one network, or, for an ensemble member finished by an earlier run with the same settings,
     restore it from its best checkpoint. -> (model, history or None when reused)."""
     import tensorflow as tf
-    from model import DigitNet
     from train import train as train_model
 
     settings = {name: getattr(config, name) for name in CONFIG_NAMES if name not in ("ensemble", "tta", "SHOW_INCORRECT")}
     settings.update(member_seed=member_seed, n_train=len(train_labels), train_labels_sum=int(train_labels.sum()))
     finished_marker = f"{member_dir}/finished.json"
     tf.random.set_seed(member_seed)
-    model = DigitNet(dropout_rate=config.dropout_rate, seed=member_seed)
+    model, recipe = network_and_recipe(config, member_seed)
     if config.ensemble > 1 and os.path.exists(finished_marker):
         with open(finished_marker) as file:
             if json.load(file) == settings:
                 tf.train.Checkpoint(model=model).read(tf.train.latest_checkpoint(f"{member_dir}/best")).expect_partial()
                 print(f"  reusing the finished member in {member_dir}")
                 return model, None
-    augmentation = dict(max_rotation_degrees=config.max_rotation_degrees,
-                        max_shift_fraction=config.max_shift_fraction, max_zoom_fraction=config.max_zoom_fraction)
-    history = train_model(model, train_images, train_labels, val_images, val_labels,
-                          max_n_epochs=config.max_n_epochs, patience=config.patience, batch_size=config.batch_size,
-                          learning_rate=config.learning_rate, seed=member_seed,
-                          label_smoothing=config.label_smoothing, augmentation=augmentation,
-                          checkpoint_dir=member_dir, log_dir=log_dir)
+    history = train_model(model, train_images, train_labels, val_images, val_labels, seed=member_seed,
+                          checkpoint_dir=member_dir, log_dir=log_dir, **recipe)
     with open(finished_marker + ".tmp", "w") as file:
         json.dump(settings, file)
     os.replace(finished_marker + ".tmp", finished_marker)
     return model, history
+
+
+def network_and_recipe(config, seed):
+    """The network to train and train.train's keyword arguments for it: --model's network with its own recipe,
+    over which every recipe setting given a value other than its default wins; or --params' tuned network,
+    whose optimiser, learning rate, batch size and dropout come from the file."""
+    from model import build_model, training_recipe
+
+    overrides = {name: getattr(config, name) for name in RECIPE_SETTINGS if getattr(config, name) != DEFAULTS[name]}
+    dropout_rate = overrides.pop("dropout_rate", None)
+    if config.params:
+        import tune
+        recipe = training_recipe(config.model, **overrides)
+        return tune.build_network(config.params, seed), {**recipe, **tune.training_arguments(config.params)}
+    return build_model(config.model, dropout_rate, seed), training_recipe(config.model, **overrides)
 
 
 TTA_SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]  # (rows, columns): the digit and its one-pixel shifts

@@ -1,5 +1,6 @@
 """The training loop: mini-batches, augmentation, Adam, a one-cycle learning rate, early stopping,
 checkpoints and TensorBoard logs. run.py calls train(); so do the experiments and the tuner.
+Also the write-ups' extras: class weights, an L1/L2 weight penalty, a learning rate cut on a plateau.
 """
 import math
 import sys
@@ -15,12 +16,49 @@ EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
 
 
-def cross_entropy(logits, labels, label_smoothing=0.0):
+def cross_entropy(logits, labels, label_smoothing=0.0, class_weights=None):
     """Mean softmax cross-entropy against one-hot targets smoothed towards uniform:
-    target = (1 - s) * one_hot + s / n_classes."""
+    target = (1 - s) * one_hot + s / n_classes.
+    With class_weights w [n_classes]: mean_i w[label_i] * loss_i instead (Keras' class_weight)."""
     n_classes = logits.shape[-1]
     targets = tf.one_hot(labels, n_classes) * (1.0 - label_smoothing) + label_smoothing / n_classes
-    return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
+    losses = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+    if class_weights is not None:
+        losses *= tf.gather(class_weights, labels)
+    return tf.reduce_mean(losses)
+
+
+def balanced_class_weights(labels, n_classes=10):
+    """w[c] = N / (n_classes * count[c]) (scikit-learn's 'balanced'): every class carries the same total
+    weight, N / n_classes, however many digits it has."""
+    return (len(labels) / (n_classes * np.bincount(labels, minlength=n_classes))).astype(np.float32)
+
+
+def kernel_penalty(variables, l1, l2):
+    """l1 * sum|w| + l2 * sum w^2 over the kernels, the variables of rank >= 2, so that biases and batch-norm
+    parameters go free: Keras' kernel_regularizer=L1L2(l1, l2) on every layer."""
+    return tf.add_n([l1 * tf.reduce_sum(tf.abs(w)) + l2 * tf.reduce_sum(tf.square(w))
+                     for w in variables if len(w.shape) >= 2])
+
+
+class Plateau:
+    """Keras' ReduceLROnPlateau on a loss: once `patience` epochs in a row have not beaten the best loss by
+    min_delta, lr <- lr * factor and the count starts again."""
+
+    def __init__(self, patience, factor, min_delta=1e-4):
+        self.patience, self.factor, self.min_delta = patience, factor, min_delta
+        self.best, self.flat_epochs = math.inf, 0
+
+    def __call__(self, loss, learning_rate):
+        """The learning rate for the next epoch, given this epoch's loss."""
+        if loss < self.best - self.min_delta:
+            self.best, self.flat_epochs = loss, 0
+            return learning_rate
+        self.flat_epochs += 1
+        if self.flat_epochs < self.patience:
+            return learning_rate
+        self.flat_epochs = 0
+        return learning_rate * self.factor
 
 
 _compiled_predictions = weakref.WeakKeyDictionary()  # model -> its traced inference function
@@ -29,8 +67,10 @@ _compiled_predictions = weakref.WeakKeyDictionary()  # model -> its traced infer
 def predict_probabilities(model, images, batch_size=EVAL_BATCH_SIZE):
     """Softmax outputs of the model in inference mode, batch by batch -> numpy [N, 10]."""
     if model not in _compiled_predictions:
-        _compiled_predictions[model] = tf.function(lambda batch: tf.nn.softmax(model(batch, training=False)),
-                                                   input_signature=[tf.TensorSpec([None, *images.shape[1:]], tf.float32)])
+        model_reference = weakref.ref(model)  # the cache must not keep a finished model alive
+        _compiled_predictions[model] = tf.function(
+            lambda batch: tf.nn.softmax(model_reference()(batch, training=False)),
+            input_signature=[tf.TensorSpec([None, *images.shape[1:]], tf.float32)])
     probabilities = _compiled_predictions[model]
     outputs = [probabilities(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
     return np.concatenate(outputs) if outputs else np.zeros([0, 10], np.float32)
@@ -46,8 +86,8 @@ def evaluate(model, images, labels):
 class ProgressBar:
     """A one-line bar redrawn in place; silent when output is not a terminal (logs, CI)."""
 
-    def __init__(self, total, width=30):
-        self.total, self.width, self.enabled = total, width, sys.stdout.isatty()
+    def __init__(self, total, enabled=True, width=30):
+        self.total, self.width, self.enabled = total, width, enabled and sys.stdout.isatty()
 
     def update(self, done, loss):
         if self.enabled:
@@ -62,11 +102,15 @@ class ProgressBar:
 
 def train(model, train_images, train_labels, val_images, val_labels, *, max_n_epochs, patience, batch_size,
           learning_rate, seed, label_smoothing=0.0, augmentation=None, optimizer="adam", schedule="one_cycle",
+          plateau_patience=4, plateau_factor=0.1, class_weights=None, weight_penalty=None,
           checkpoint_dir=None, log_dir=None, after_step=None, verbose=True):
     """Train `model` in place and restore its best epoch (by validation accuracy, then loss).
 
     augmentation: keyword arguments for tools.data_augmentation, or None for none.
-    optimizer: a name in OPTIMIZERS; schedule: 'one_cycle' (peak learning_rate) or 'constant'.
+    optimizer: a name in OPTIMIZERS; schedule: 'one_cycle' (peak learning_rate), 'constant', or 'plateau'
+    (learning_rate, times plateau_factor whenever plateau_patience epochs pass without a lower validation loss).
+    class_weights: per-class loss weights [10], 'balanced' (from train_labels), or None.
+    weight_penalty: (l1, l2) for kernel_penalty, added to the loss; or None.
     checkpoint_dir: where tf.train.CheckpointManager keeps 'latest' and 'best'; log_dir: TensorBoard.
     after_step(step, training_seconds): called after every step (benchmarks evaluate from it).
     Returns the history: a list of one dict per epoch.
@@ -75,6 +119,11 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
     steps_per_epoch = math.ceil(n_train / batch_size)
     total_steps = steps_per_epoch * max_n_epochs
     optimizer = OPTIMIZERS[optimizer](model.trainable_variables, learning_rate=learning_rate)
+    plateau = Plateau(plateau_patience, plateau_factor)
+    if isinstance(class_weights, str) and class_weights == "balanced":
+        class_weights = balanced_class_weights(train_labels)
+    if class_weights is not None:
+        class_weights = tf.constant(class_weights, tf.float32)
     rng = tf.random.Generator.from_seed(seed)
     images = tf.constant(train_images)
     labels = tf.constant(train_labels)
@@ -87,7 +136,9 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
             batch_images = data_augmentation(batch_images, rng, **augmentation)
         with tf.GradientTape() as tape:
             logits = model(batch_images, training=True, rng=rng)
-            loss = cross_entropy(logits, batch_labels, label_smoothing)
+            loss = cross_entropy(logits, batch_labels, label_smoothing, class_weights)
+            if weight_penalty:
+                loss += kernel_penalty(model.trainable_variables, *weight_penalty)
         gradients = tape.gradient(loss, model.trainable_variables)
         if schedule == "one_cycle":
             optimizer.learning_rate.assign(one_cycle_learning_rate(optimizer.iterations, total_steps, learning_rate))
@@ -114,7 +165,7 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
     for epoch_index in range(1, max_n_epochs + 1):
         started = time.time()
         order = order_rng.permutation(n_train).astype(np.int32)
-        bar = ProgressBar(steps_per_epoch)
+        bar = ProgressBar(steps_per_epoch, enabled=verbose)
         loss_sum = correct_sum = 0.0
         for step in range(steps_per_epoch):
             step_started = time.time()
@@ -139,6 +190,9 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
                   f"lr {record['learning_rate']:.2e}  {record['seconds']:.1f}s", flush=True)
         if writers:
             log_epoch(writers, model, record)
+        if schedule == "plateau":  # Keras watches the validation loss; without a validation split, the training loss
+            optimizer.learning_rate.assign(plateau(val_loss if len(val_labels) else record["train_loss"],
+                                                   record["learning_rate"]))
         key = (val_accuracy, -val_loss)
         if best_key is None or key > best_key or not len(val_labels):
             best_key, best_epoch = key, epoch_index
@@ -159,15 +213,20 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
 
 
 def named_variables(model):
-    """(attribute name, variable) for each of the model's variables: 'conv1', 'bn1/scale', ..."""
+    """(path, variable) for each of the model's variables: 'conv1', 'bn1/scale', 'conv_kernels/0', ..."""
+    def walk(path, value):
+        if isinstance(value, tf.Variable):
+            yield path, value
+        elif hasattr(value, "items"):  # a batch norm's variables
+            for key, item in value.items():
+                yield from walk(f"{path}/{key}", item)
+        elif isinstance(value, (list, tuple)):  # a stack of layers
+            for index, item in enumerate(value):
+                yield from walk(f"{path}/{index}", item)
+
     for name, value in vars(model).items():
-        if name.startswith("_"):  # tf.Module's own bookkeeping
-            continue
-        if hasattr(value, "items"):  # a batch norm's variables
-            for key, variable in value.items():
-                yield f"{name}/{key}", variable
-        elif isinstance(value, tf.Variable):
-            yield name, value
+        if not name.startswith("_"):  # tf.Module's own bookkeeping
+            yield from walk(name, value)
 
 
 def log_epoch(writers, model, record):

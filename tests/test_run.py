@@ -82,11 +82,20 @@ def test_tensorboard_event_files_hold_scalars_histograms_graph_and_images(finish
     assert any("misclassified" in tag for tag in validation_tags)
 
 
-def test_show_incorrect_saves_the_misclassified_grid(finished_run):
+def test_show_incorrect_lists_every_misclassified_validation_digit(finished_run):
+    import re
+    _, stdout = finished_run
+    n_validation = int(re.search(r"(\d+) validation digits", stdout).group(1))
+    accuracy = float(re.search(r"validation accuracy \(best epoch, 1 of 1\): ([\d.]+)%", stdout).group(1))
+    listed = re.findall(r"validation digit \d+: true (\d), predicted (\d)", stdout)
+    assert len(listed) == round(n_validation * (1 - accuracy / 100))
+    assert all(true != predicted for true, predicted in listed)
+
+
+def test_the_run_writes_the_evaluation_report(finished_run):
     workdir, _ = finished_run
-    png = workdir / "resources" / "misclassified_digits.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert png.stat().st_size > 5000
+    for name in ["report.md", "report.json", "confusion_matrix.png", "misclassified_digits.png"]:
+        assert (workdir / "resources" / name).stat().st_size > 0
 
 
 def test_help_lists_every_setting_with_its_default(tmp_path):
@@ -161,3 +170,57 @@ def test_test_time_augmentation_averages_the_digit_and_its_one_pixel_shifts(real
     expected = np.mean([predict_probabilities(model, view) for view in shifted], axis=0)
     np.testing.assert_allclose(run.ensemble_probabilities([model], images, tta=True), expected, atol=1e-6)
     assert not np.allclose(run.ensemble_probabilities([model], images, tta=False), expected, atol=1e-4)
+
+
+def test_list_models_prints_every_network_with_its_size(tmp_path):
+    from model import MODELS
+    result = run(["--list-models"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in MODELS:
+        assert f"\n{name} " in result.stdout
+    assert "242,410" in result.stdout  # digitnet's parameters
+
+
+def test_an_unknown_model_is_refused_with_the_choices(tmp_path):
+    result = run(["--model", "resnet"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--model resnet: choose from digitnet, mlp" in result.stderr
+
+
+def test_model_flag_trains_that_network_with_its_recipe(tmp_path):
+    import tensorflow as tf
+    from model import build_model
+    write_rows_for_run(tmp_path)
+    result = run(["--model", "mlp", "--max_n_epochs", "1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    mlp = build_model("mlp")
+    tf.train.Checkpoint(model=mlp).read(tf.train.latest_checkpoint(str(tmp_path / "model" / "best"))) \
+        .expect_partial().assert_existing_objects_matched()
+
+
+def test_params_file_trains_the_tuned_network(tmp_path):
+    import json
+    import tensorflow as tf
+    import tune
+    write_rows_for_run(tmp_path)
+    params = {"filters": [32, 64], "kernel_sizes": [3, 5], "units": [64], "dropout_rate": 0.1, "optimizer": "nadam",
+              "learning_rate": 0.002, "batch_size": 64}
+    (tmp_path / "best_params.json").write_text(json.dumps(params))
+    result = run(["--params", "best_params.json", "--max_n_epochs", "1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    tuned = tune.build_network(tune.load_params(tmp_path / "best_params.json"), seed=0)
+    tf.train.Checkpoint(model=tuned).read(tf.train.latest_checkpoint(str(tmp_path / "model" / "best"))) \
+        .expect_partial().assert_existing_objects_matched()
+
+
+def test_a_bad_params_file_exits_2_naming_it(tmp_path):
+    (tmp_path / "best_params.json").write_text('{"filters": [32]}')
+    result = run(["--params", "best_params.json"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "best_params.json" in result.stderr.strip().splitlines()[-1]
+
+
+def write_rows_for_run(directory):
+    from conftest import write_rows
+    write_rows("train", 300, directory / "train.csv")
+    write_rows("test", 50, directory / "test.csv")

@@ -1,0 +1,228 @@
+"""The registered networks (model.MODELS) and the training extras their recipes use: sizes and costs counted
+from the architectures by hand, a step of training on real digits, and the plateau schedule, class weights and
+weight penalty against Keras' own."""
+import inspect
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import run
+import train
+from model import MODELS, DigitNet, build_model, count_parameters, describe_models, training_recipe
+from train import OPTIMIZERS, Plateau, balanced_class_weights, cross_entropy, kernel_penalty, named_variables
+
+# Trainable parameters, layer by layer: kernel (+ bias), or kernel + batch norm's scale and offset.
+PARAMETERS = {
+    "digitnet": 5 * 5 * 32 + 2 * 32 + 3 * 3 * 32 * 64 + 2 * 64 + 3 * 3 * 64 * 128 + 2 * 128
+                + 1152 * 128 + 2 * 128 + 128 * 10 + 10,
+    "mlp": 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10,
+    "mlp_dropout": 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10,
+    "cnn_small": 3 * 3 * 32 + 32 + 3 * 3 * 32 * 64 + 64 + 5 * 5 * 64 * 128 + 128 + 128 * 10 + 10,
+    "cnn_keras_example": 3 * 3 * 32 + 32 + 3 * 3 * 32 * 64 + 64 + 12 * 12 * 64 * 128 + 128 + 128 * 10 + 10,
+    "cnn_bn_deep": 3 * 3 * 32 + 2 * 32 + 3 * 3 * 32 * 32 + 2 * 32 + 3 * 3 * 32 * 64 + 2 * 64 + 3 * 3 * 64 * 64 + 2 * 64
+                   + 7 * 7 * 64 * 512 + 2 * 512 + 512 * 10 + 10,
+    "cnn_tuned": 2 + 7 * 7 * 256 + 256 + 2 * 256 + 7 * 7 * 256 * 256 + 256 + 2 * 256 + 5 * 5 * 256 * 32 + 32 + 2 * 32
+                 + 3 * 3 * 32 * 64 + 64 + 64 * 10 + 10,
+}
+# Forward FLOPs per image: 2 x multiply-adds, output height x width x channels x kernel area x input channels.
+FLOPS = {
+    "digitnet": 2 * (28 * 28 * 32 * 25 + 14 * 14 * 64 * 9 * 32 + 7 * 7 * 128 * 9 * 64 + 1152 * 128 + 128 * 10),
+    "mlp": 2 * (784 * 512 + 512 * 256 + 256 * 10),
+    "mlp_dropout": 2 * (784 * 512 + 512 * 512 + 512 * 10),
+    "cnn_small": 2 * (26 * 26 * 32 * 9 + 11 * 11 * 64 * 9 * 32 + 1600 * 128 + 128 * 10),
+    "cnn_keras_example": 2 * (26 * 26 * 32 * 9 + 24 * 24 * 64 * 9 * 32 + 9216 * 128 + 128 * 10),
+    "cnn_bn_deep": 2 * (28 * 28 * 32 * 9 + 28 * 28 * 32 * 9 * 32 + 14 * 14 * 64 * 9 * 32 + 14 * 14 * 64 * 9 * 64
+                        + 3136 * 512 + 512 * 10),
+    "cnn_tuned": 2 * (28 * 28 * 256 * 49 + 14 * 14 * 256 * 49 * 256 + 7 * 7 * 32 * 25 * 256 + 288 * 64 + 64 * 10),
+}
+NEW_MODELS = [name for name in MODELS if name != "digitnet"]  # DigitNet is 28x28 only
+
+
+@pytest.fixture(scope="module")
+def digits(real_digits):
+    images, labels = real_digits
+    return images[:256], labels[:256]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the registry
+
+
+def test_the_registry_holds_the_write_ups_models_and_digitnet_first():
+    assert list(MODELS) == ["digitnet", "mlp", "mlp_dropout", "cnn_small", "cnn_keras_example", "cnn_bn_deep",
+                            "cnn_tuned"]
+    assert isinstance(build_model("digitnet"), DigitNet)
+
+
+def test_digitnet_recipe_is_run_py_defaults_so_python_run_py_trains_as_before():
+    assert training_recipe("digitnet") == dict(
+        optimizer="adam", schedule="one_cycle", learning_rate=run.learning_rate, max_n_epochs=run.max_n_epochs,
+        patience=run.patience, batch_size=run.batch_size, label_smoothing=run.label_smoothing,
+        augmentation=dict(max_rotation_degrees=run.max_rotation_degrees, max_shift_fraction=run.max_shift_fraction,
+                          max_zoom_fraction=run.max_zoom_fraction))
+    assert build_model("digitnet").dropout_rate == run.dropout_rate
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_recipe_is_keyword_arguments_train_accepts(name, digits):
+    images, labels = digits
+    inspect.signature(train.train).bind(build_model(name), images, labels, images, labels, seed=0,
+                                        **training_recipe(name))
+
+
+def test_training_recipe_lays_overrides_over_the_recipe_and_its_augmentation():
+    recipe = training_recipe("cnn_bn_deep", batch_size=64, max_rotation_degrees=0.0)
+    assert recipe["batch_size"] == 64 and recipe["optimizer"] == "adam"
+    assert recipe["augmentation"] == dict(max_rotation_degrees=0.0, max_shift_fraction=0.08, max_zoom_fraction=0.08,
+                                          max_shear=0.3)
+    assert MODELS["cnn_bn_deep"].recipe["augmentation"]["max_rotation_degrees"] == 8.0  # the registry is untouched
+
+
+def test_training_recipe_with_every_augmentation_range_zero_has_no_augmentation():
+    assert training_recipe("digitnet", max_rotation_degrees=0, max_shift_fraction=0,
+                           max_zoom_fraction=0)["augmentation"] is None
+
+
+def test_build_model_keeps_the_networks_own_dropout_unless_given_one():
+    assert build_model("cnn_small").dropout_rate == 0.5
+    assert build_model("cnn_small", dropout_rate=0.1).dropout_rate == 0.1
+
+
+def test_an_unknown_model_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="unknown model 'lenet'; choose from digitnet, mlp, "):
+        build_model("lenet")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# every network
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_maps_real_digits_to_ten_logits_each_in_both_modes(name, digits):
+    images = digits[0][:8]
+    model = build_model(name)
+    for logits in (model(images), model(images, training=True, rng=tf.random.Generator.from_seed(0))):
+        assert logits.shape == (8, 10) and np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("name", NEW_MODELS)
+def test_takes_a_larger_square_input_when_built_for_it(name, digits):
+    canvases = np.pad(digits[0][:4], [(0, 0), (10, 10), (10, 10), (0, 0)])  # 48x48
+    assert build_model(name, input_size=48)(canvases).shape == (4, 10)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_parameter_count_is_the_architectures(name):
+    assert count_parameters(build_model(name)) == PARAMETERS[name]
+
+
+def test_describe_models_gives_each_model_its_parameters_and_forward_flops():
+    assert describe_models() == [(name, PARAMETERS[name], FLOPS[name]) for name in MODELS]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_one_step_of_the_recipes_optimiser_lowers_the_loss_on_real_digits(name, digits):
+    images, labels = digits[0][:128], digits[1][:128]
+    model = build_model(name, seed=0)
+    recipe = training_recipe(name)
+    optimizer = OPTIMIZERS[recipe["optimizer"]](model.trainable_variables, learning_rate=recipe["learning_rate"])
+
+    def loss():  # in training mode, with the same dropout masks each time
+        return cross_entropy(model(images, training=True, rng=tf.random.Generator.from_seed(1)), labels)
+
+    with tf.GradientTape() as tape:
+        before = loss()
+    optimizer.apply_gradients(tape.gradient(before, model.trainable_variables))
+    assert float(loss()) < float(before)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the plateau schedule
+
+
+def test_plateau_cuts_the_learning_rate_after_patience_flat_epochs():
+    plateau, learning_rate, rates = Plateau(patience=4, factor=0.1), 1.0, []
+    for loss in [1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]:
+        learning_rate = plateau(loss, learning_rate)
+        rates.append(learning_rate)
+    assert rates == pytest.approx([1, 1, 1, 1, 1, 0.1, 0.1])  # the 4th flat epoch (the 6th) cuts it
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside Keras' callback, not ours
+def test_plateau_matches_keras_reduce_lr_on_plateau():
+    losses = [1.0, 0.8, 0.80005, 0.81, 0.79, 0.79, 0.85, 0.9, 0.7, 0.7, 0.7, 0.7, 0.7, 0.69995, 0.6]
+    reference = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    reference.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0), loss="mse")
+    callback = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=2, min_delta=1e-4)
+    callback.set_model(reference)
+    callback.on_train_begin()
+    plateau, learning_rate = Plateau(patience=2, factor=0.1), 1.0
+    for epoch, loss in enumerate(losses):
+        callback.on_epoch_end(epoch, {"val_loss": loss})
+        learning_rate = plateau(loss, learning_rate)
+        assert learning_rate == pytest.approx(float(reference.optimizer.learning_rate), rel=1e-6), epoch
+    assert learning_rate == pytest.approx(1e-4)  # four cuts: the sequence did exercise it
+
+
+def test_train_with_the_plateau_schedule_cuts_the_learning_rate_when_validation_loss_stalls(digits):
+    images, labels = digits
+    history = train.train(build_model("mlp"), images[:64], labels[:64], images[64:96], labels[64:96],
+                          max_n_epochs=3, patience=10, batch_size=64, learning_rate=1e-8, seed=0, optimizer="adam",
+                          schedule="plateau", plateau_patience=1, plateau_factor=0.1, verbose=False)
+    # steps of 1e-8 leave the validation loss flat: epoch 2 is the first flat one, so epoch 3 runs at a tenth
+    assert [record["learning_rate"] for record in history] == pytest.approx([1e-8, 1e-8, 1e-9])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# class weights and the weight penalty
+
+
+def test_balanced_class_weights_give_every_class_the_same_total_weight(digits):
+    labels = digits[1]
+    totals = balanced_class_weights(labels) * np.bincount(labels, minlength=10)
+    np.testing.assert_allclose(totals, len(labels) / 10, rtol=1e-6)
+
+
+def test_class_weights_scale_each_digits_loss_like_keras_class_weight(digits):
+    images, labels = digits
+    logits = build_model("mlp")(images)
+    weights = balanced_class_weights(labels)
+    ours = cross_entropy(logits, labels, class_weights=tf.constant(weights))
+    keras_loss = keras.losses.CategoricalCrossentropy(from_logits=True)(
+        tf.one_hot(labels, 10), logits, sample_weight=weights[labels])
+    assert float(ours) == pytest.approx(float(keras_loss), rel=1e-5)
+    assert abs(float(ours) - float(cross_entropy(logits, labels))) > 1e-3  # the weights made a difference
+
+
+def test_kernel_penalty_is_keras_l1l2_summed_over_kernels_leaving_biases_and_batch_norm_free():
+    model = build_model("cnn_bn_deep")
+    kernels = [variable for name, variable in named_variables(model) if "/" not in name or name.endswith("/kernel")]
+    assert len(kernels) == 6  # conv1..conv4, fc1, fc2/kernel
+    expected = sum(float(keras.regularizers.L1L2(l1=1e-5, l2=1e-4)(kernel)) for kernel in kernels)
+    assert float(kernel_penalty(model.trainable_variables, 1e-5, 1e-4)) == pytest.approx(expected, rel=1e-5)
+
+
+def one_step_training_loss(digits, **extras):
+    """train_loss of a one-epoch, one-batch run: the loss of the untouched mlp, as train computes it."""
+    images, labels = digits
+    history = train.train(build_model("mlp", seed=3), images[:128], labels[:128], images[128:160], labels[128:160],
+                          max_n_epochs=1, patience=1, batch_size=128, learning_rate=1e-3, seed=0, schedule="constant",
+                          verbose=False, **extras)
+    return history[0]["train_loss"]
+
+
+def test_train_adds_the_weight_penalty_to_its_loss(digits):
+    penalty = float(kernel_penalty(build_model("mlp", seed=3).trainable_variables, 1e-3, 1e-2))
+    assert penalty > 0.1
+    plain, penalised = one_step_training_loss(digits), one_step_training_loss(digits, weight_penalty=(1e-3, 1e-2))
+    assert penalised - plain == pytest.approx(penalty, rel=1e-4)
+
+
+def test_train_with_balanced_class_weights_weighs_each_digits_loss(digits):
+    images, labels = digits[0][:128], digits[1][:128]
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, build_model("mlp", seed=3)(images)).numpy()
+    expected = np.mean(balanced_class_weights(labels)[labels] * losses)
+    assert one_step_training_loss(digits, class_weights="balanced") == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - np.mean(losses)) > 1e-3

@@ -1,0 +1,202 @@
+"""tune.py: the search space builds networks that learn, the study resumes and prunes, the results are written."""
+import contextlib
+import json
+import time
+import warnings
+
+import optuna
+import pytest
+import tensorflow as tf
+from optuna.trial import TrialState
+
+import data
+import run
+import train
+import tune
+
+# The smallest network and a recipe that learns, as the flat names a trial draws (what enqueue_trial takes).
+SMALL = {"conv_layers": 2, "filters_1": 32, "kernel_size_1": 3, "filters_2": 32, "kernel_size_2": 3,
+         "dense_layers": 1, "units_1": 64, "dropout_rate": 0.0, "optimizer": "adam", "learning_rate_adam": 3e-3,
+         "batch_size": 32}
+TINY_RUN = ["--rows", "200", "--epochs", "1"]
+
+
+def corner(extreme, optimizer):
+    """The params of a corner of the search space: every dimension at its min (or max) for this optimiser."""
+    conv_layers, dense_layers = extreme(tune.CONV_LAYERS), extreme(tune.DENSE_LAYERS)
+    values = {"conv_layers": conv_layers, "dense_layers": dense_layers, "optimizer": optimizer,
+              f"learning_rate_{optimizer}": extreme(tune.LEARNING_RATES[optimizer]),
+              "dropout_rate": extreme(tune.DROPOUT_RATES), "batch_size": extreme(tune.BATCH_SIZES)}
+    for i in range(1, conv_layers + 1):
+        values.update({f"filters_{i}": extreme(tune.FILTERS), f"kernel_size_{i}": extreme(tune.KERNEL_SIZES)})
+    for i in range(1, dense_layers + 1):
+        values[f"units_{i}"] = extreme(tune.UNITS)
+    return tune.suggest_params(optuna.trial.FixedTrial(values))
+
+
+def split(real_digits, n_rows):
+    images, labels = real_digits
+    return data.split_train_validation(images[:n_rows], labels[:n_rows], run.percent_data_for_training, run.seed)
+
+
+@contextlib.contextmanager
+def smallest_networks():
+    """The search space cut down to its cheapest networks: the tests that use it are about the study."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tune, "FILTERS", (32,))
+        patch.setattr(tune, "KERNEL_SIZES", (3,))
+        patch.setattr(tune, "UNITS", (64, 128))
+        patch.setattr(tune, "BATCH_SIZES", (32, 64))
+        yield
+
+
+# ---- the search space ----
+
+@pytest.mark.parametrize("optimizer", list(tune.LEARNING_RATES))
+@pytest.mark.parametrize("extreme", [min, max])
+def test_the_smallest_and_the_largest_corner_build_networks_that_learn(real_digits, extreme, optimizer):
+    params = corner(extreme, optimizer)
+    images, labels = real_digits[0][:8], real_digits[1][:8]
+    network = tune.build_network(params, seed=0)
+
+    def loss():  # in training mode, with the same dropout mask each time, so that only the weights differ
+        return train.cross_entropy(network(images, training=True, rng=tf.random.Generator.from_seed(1)), labels)
+
+    assert network(images).shape == (8, 10)
+    before = float(loss())
+    arguments = tune.training_arguments(params)
+    make_optimizer = train.OPTIMIZERS[arguments["optimizer"]]
+    stepper = make_optimizer(network.trainable_variables, learning_rate=arguments["learning_rate"])
+    with tf.GradientTape() as tape:
+        batch_loss = loss()
+    stepper.apply_gradients(tape.gradient(batch_loss, network.trainable_variables))
+    assert float(loss()) < before
+
+
+# ---- the study: resumed, pruned, stopped in time ----
+
+@pytest.fixture(scope="module")
+def two_sessions(tmp_path_factory):
+    """tune.py run twice in a scratch directory, as a user resumes it: 2 trials, then 1 more.
+    -> (the directory, the study's trials after the first run, after the second)."""
+    workdir = tmp_path_factory.mktemp("tune")
+    storage = f"sqlite:///{workdir}/model/tuning.db"  # where the default sqlite:///model/tuning.db puts it
+
+    def trials():
+        return optuna.load_study(study_name=tune.study, storage=storage).trials
+
+    with contextlib.chdir(workdir), smallest_networks():
+        assert tune.main(TINY_RUN + ["--trials", "2"]) == 0
+        first = trials()
+        assert tune.main(TINY_RUN + ["--trials", "1"]) == 0
+    return workdir, first, trials()
+
+
+def test_a_resumed_search_keeps_the_finished_trials_and_adds_new_ones(two_sessions):
+    _, first, second = two_sessions
+    assert [t.state for t in first] == [TrialState.COMPLETE] * 2
+    assert len(second) == 3
+    for before, after in zip(first, second):
+        assert (after.number, after.params, after.value) == (before.number, before.params, before.value)
+    assert second[2].params not in [t.params for t in first]  # the sampler does not start over
+
+
+def test_a_study_run_with_other_settings_is_refused(two_sessions, capsys):
+    workdir, _, _ = two_sessions
+    with contextlib.chdir(workdir):
+        assert tune.main(["--rows", "200", "--epochs", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "was run with" in error and "--study" in error and len(error.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def pruned_study(tmp_path_factory, real_digits):
+    """Three fixed trials of two epochs: a good network, the same one at a learning rate that makes it diverge,
+    and the good one again. Pruning starts after one finished trial."""
+    study = tune.open_study(f"sqlite:///{tmp_path_factory.mktemp('prune')}/tuning.db", "pruning", prune_after=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Fixed parameter .* out of range")  # on purpose: far above the space
+        for params in [SMALL, {**SMALL, "learning_rate_adam": 100.0}, SMALL]:
+            study.enqueue_trial(params)
+        tune.search(study, split(real_digits, 300), n_trials=3, timeout=0, epochs=2, patience=2)
+    return study.trials
+
+
+def test_a_hopeless_trial_is_pruned_after_its_first_epoch(pruned_study):
+    good, hopeless, _ = pruned_study
+    assert good.state == TrialState.COMPLETE and list(good.intermediate_values) == [1, 2]
+    assert hopeless.state == TrialState.PRUNED and list(hopeless.intermediate_values) == [1]
+    assert hopeless.intermediate_values[1] < good.intermediate_values[1]
+
+
+def test_a_pruned_trial_leaves_the_next_one_unaffected(pruned_study):
+    good, _, again = pruned_study
+    assert again.state == TrialState.COMPLETE
+    assert again.intermediate_values == good.intermediate_values
+
+
+def test_a_trial_still_training_at_the_deadline_is_stopped_there(tmp_path, real_digits):
+    study = tune.open_study(f"sqlite:///{tmp_path}/tuning.db", "deadline", prune_after=0)
+    study.enqueue_trial(SMALL)
+    deadline = time.time()  # already passed: the trial should stop after its first step
+    study.optimize(lambda trial: tune.run_trial(trial, split(real_digits, 300), 2, 2, deadline), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["stopped"] == "out of time"
+    assert trial.intermediate_values == {}
+
+
+# ---- best_params.json ----
+
+def test_load_params_reads_back_what_write_params_wrote(tmp_path):
+    params = corner(max, "adadelta")
+    tune.write_params(tmp_path / "best_params.json", params)
+    assert tune.load_params(tmp_path / "best_params.json") == params
+
+
+@pytest.mark.parametrize("edit, says", [
+    (dict(optimizer="sgd"), 'optimizer is "sgd"; expected one of adam, nadam, adadelta'),
+    (dict(learning_rate=-0.1), "learning_rate is -0.1; expected a positive number"),
+    (dict(filters=[32, "64"]), 'filters is [32, "64"]; expected a list of 1-4 positive whole numbers'),
+    (dict(filters=[32] * 5, kernel_sizes=[3] * 5), "filters is [32, 32, 32, 32, 32]; expected a list of 1-4"),
+    (dict(kernel_sizes=[3]), "kernel_sizes has 1 sizes for 2 conv layers"),
+    (dict(dropout_rate=1.0), "dropout_rate is 1.0; expected a number in [0, 1)"),
+    (dict(batch_size=32.5), "batch_size is 32.5; expected a positive whole number"),
+    (dict(units=None), "units is null; expected a list of positive whole numbers"),
+    (dict(unit=[64]), "unknown key 'unit'"),
+])
+def test_load_params_refuses_a_bad_file_in_one_line_naming_file_and_key(tmp_path, edit, says):
+    path = tmp_path / "best_params.json"
+    path.write_text(json.dumps({**corner(min, "adam"), **edit}))
+    with pytest.raises(data.DataError) as error:
+        tune.load_params(path)
+    assert str(error.value).startswith(f"{path}: {says}") and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("text", ["", "{'filters': [32]}", "[32, 64]"])
+def test_load_params_refuses_a_file_that_is_not_a_json_object(tmp_path, text):
+    path = tmp_path / "best_params.json"
+    path.write_text(text)
+    with pytest.raises(data.DataError, match="best_params.json"):
+        tune.load_params(path)
+
+
+def test_a_missing_key_is_named(tmp_path):
+    params = corner(min, "nadam")
+    del params["batch_size"]
+    (tmp_path / "best_params.json").write_text(json.dumps(params))
+    with pytest.raises(data.DataError, match="batch_size is missing"):
+        tune.load_params(tmp_path / "best_params.json")
+
+
+# ---- the results ----
+
+def test_the_results_are_written_as_tables_pictures_and_the_best_params(two_sessions):
+    workdir, _, trials = two_sessions
+    best = max(trials, key=lambda t: t.value)
+    table = (workdir / "resources" / "tuning.md").read_text()
+    assert "## The best 3" in table and "## The worst 3" in table
+    assert f"| {best.number} | {100 * best.value:.2f}% |" in table
+    for picture in ["tuning_history.png", "tuning_accuracies.png"]:
+        assert (workdir / "resources" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert tune.load_params(workdir / "model" / "best_params.json") == best.user_attrs["params"]
+

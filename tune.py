@@ -1,0 +1,398 @@
+"""Search for the best network and training recipe with Optuna, in the time you have, resumably.
+
+    python tune.py --trials 50 --timeout 3600     # 50 more trials or an hour, whichever comes first
+    python tune.py --quick                         # a couple of minutes on 3,000 digits: a smoke run
+    python run.py --params model/best_params.json  # then train the winner
+
+Each trial draws a network (2-3 conv layers of 32-256 filters of 3x3-7x7, 1-2 dense layers of 64-512 units)
+and a recipe (optimiser, learning rate, dropout, batch size), trains it on train.csv's training split and scores
+it by its best validation accuracy. Optuna's TPE proposes the next trial from the ones before; a trial whose
+accuracy after an epoch trails the median of the finished trials' at that epoch is pruned there, so a bad
+network costs one epoch, not all of them. The study lives in a SQLite database: every finished trial is kept,
+the same command resumes an interrupted search, and several processes can share one study.
+
+Writes resources/tuning.md (the best and worst 10 trials), resources/tuning_history.png,
+resources/tuning_accuracies.png and model/best_params.json.
+"""
+# ---- settings: each is also a flag, e.g. --trials 20 ----
+trials = 100                          # trials to run now, on top of those already in the study
+timeout = 0                           # seconds; 0: no limit. A trial still training then is stopped there
+epochs = 10                           # per trial; the one-cycle schedule spans them
+patience = 3                          # a trial stops after this many epochs without a better validation accuracy
+rows = 0                              # use the first this many digits of train.csv; 0: all
+prune_after = 5                       # finished trials before pruning starts: the median needs a few to mean much
+storage = "sqlite:///model/tuning.db"
+study = "digit-recognizer"            # the study's name in the storage
+quick = False                         # 3,000 digits, 2 epochs a trial, 10 trials, at most 120 s: a smoke run
+# ------------------------------------------------------------------------------
+SETTINGS = {name: value for name, value in globals().items() if not name.startswith("_")}
+QUICK = dict(rows=3000, epochs=2, trials=10, timeout=120, prune_after=3, study="digit-recognizer-quick")
+
+# ---- the search space ----
+CONV_LAYERS = (2, 3)                  # 28x28 -> 14x14 -> 7x7 (-> 3x3): each block halves the digit
+FILTERS = (32, 64, 128, 256)          # per conv layer
+KERNEL_SIZES = (3, 5, 7)              # per conv layer
+DENSE_LAYERS = (1, 2)
+UNITS = (64, 512)                     # per dense layer, in steps of 64
+DROPOUT_RATES = (0.0, 0.5)            # after each dense layer
+BATCH_SIZES = (32, 64, 128, 256)
+# Peak learning rates, log-uniform, per optimiser: Adadelta scales its steps by a ratio of running RMS values,
+# so its rate is a multiplier near 1 where Adam's is a step size near 1e-3.
+LEARNING_RATES = {"adam": (1e-4, 1e-2), "nadam": (1e-4, 1e-2), "adadelta": (0.1, 3.0)}
+
+MODEL_DIR, RESOURCES_DIR = "model", "resources"
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
+import numpy as np
+import optuna
+import tensorflow as tf
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter, MaxNLocator
+from optuna.trial import TrialState
+
+import data
+import report
+import run  # the default recipe's settings: importing it defines names and nothing more
+import train
+from model import N_CLASSES, conv_bn_relu, conv_kernel, flatten, he_normal, max_pool
+from tools import batch_norm_variables, batch_normalize, dropout
+
+AUGMENTATION = dict(max_rotation_degrees=run.max_rotation_degrees, max_shift_fraction=run.max_shift_fraction,
+                    max_zoom_fraction=run.max_zoom_fraction)
+
+
+class TunedCNN(tf.Module):
+    """A network from the search space: a conv block per entry of `filters`, a dense layer per entry of `units`.
+
+        28x28x1 -> conv k1xk1 f1, BN, ReLU -> maxpool -> 14x14xf1
+                -> conv k2xk2 f2, BN, ReLU -> maxpool ->  7x7xf2
+               [-> conv k3xk3 f3, BN, ReLU -> maxpool ->  3x3xf3]       a third conv layer, if any
+                -> flatten
+                -> dense u1, BN, ReLU -> dropout
+               [-> dense u2, BN, ReLU -> dropout]                       a second dense layer, if any
+                -> dense 10
+    """
+
+    def __init__(self, filters, kernel_sizes, units, dropout_rate, seed=0):
+        super().__init__()
+        rng = tf.random.Generator.from_seed(seed)
+        self.dropout_rate = dropout_rate
+        channels_in = [1, *filters[:-1]]
+        self.conv_kernels = [conv_kernel(rng, size, n_in, n_out)
+                             for size, n_in, n_out in zip(kernel_sizes, channels_in, filters)]
+        self.conv_bns = [batch_norm_variables(n) for n in filters]
+        side = 28 // 2 ** len(filters)  # each 2x2 pooling halves the side, rounding down
+        widths_in = [side * side * filters[-1], *units[:-1]]
+        self.dense_kernels = [he_normal(rng, [n_in, n_out], n_in) for n_in, n_out in zip(widths_in, units)]
+        self.dense_bns = [batch_norm_variables(n) for n in units]
+        self.logits_kernel = tf.Variable(rng.normal([units[-1], N_CLASSES]) * math.sqrt(1.0 / units[-1]))
+        self.logits_bias = tf.Variable(tf.zeros([N_CLASSES]))
+
+    def __call__(self, images, training=False, rng=None):
+        x = images
+        for kernel, bn in zip(self.conv_kernels, self.conv_bns):
+            x = max_pool(conv_bn_relu(x, kernel, bn, training))
+        x = flatten(x)
+        for kernel, bn in zip(self.dense_kernels, self.dense_bns):
+            x = dropout(tf.nn.relu(batch_normalize(x @ kernel, bn, training)), self.dropout_rate, rng, training)
+        return x @ self.logits_kernel + self.logits_bias
+
+
+def build_network(params, seed):
+    """The network that params (suggest_params' or load_params' dict) describe, its weights drawn from seed."""
+    return TunedCNN(params["filters"], params["kernel_sizes"], params["units"], params["dropout_rate"], seed)
+
+
+def training_arguments(params):
+    """The keyword arguments of train.train that params set."""
+    return dict(optimizer=params["optimizer"], learning_rate=params["learning_rate"], batch_size=params["batch_size"])
+
+
+def suggest_params(trial):
+    """Draw one point of the search space from the trial -> params: the network and how to train it."""
+    conv_layers = trial.suggest_int("conv_layers", min(CONV_LAYERS), max(CONV_LAYERS))
+    dense_layers = trial.suggest_int("dense_layers", min(DENSE_LAYERS), max(DENSE_LAYERS))
+    optimizer = trial.suggest_categorical("optimizer", list(LEARNING_RATES))
+    return dict(
+        filters=[trial.suggest_categorical(f"filters_{i}", FILTERS) for i in range(1, conv_layers + 1)],
+        kernel_sizes=[trial.suggest_categorical(f"kernel_size_{i}", KERNEL_SIZES) for i in range(1, conv_layers + 1)],
+        units=[trial.suggest_int(f"units_{i}", *UNITS, step=64) for i in range(1, dense_layers + 1)],
+        dropout_rate=trial.suggest_float("dropout_rate", *DROPOUT_RATES),
+        optimizer=optimizer,
+        # One name per optimiser, so that TPE learns each one's good rates apart.
+        learning_rate=trial.suggest_float(f"learning_rate_{optimizer}", *LEARNING_RATES[optimizer], log=True),
+        batch_size=trial.suggest_categorical("batch_size", BATCH_SIZES),
+    )
+
+
+# ---- best_params.json ----
+
+def positive_ints(value, most=math.inf):
+    return isinstance(value, list) and 1 <= len(value) <= most and all(type(v) is int and v > 0 for v in value)
+
+
+def number(value):
+    return type(value) in (int, float)
+
+
+PARAM_CHECKS = {  # key: (test, what the error message says is expected)
+    "filters": (lambda v: positive_ints(v, most=4), "a list of 1-4 positive whole numbers, one per conv layer"),
+    "kernel_sizes": (positive_ints, "a list of positive whole numbers, one per conv layer"),
+    "units": (positive_ints, "a list of positive whole numbers, one per dense layer"),
+    "dropout_rate": (lambda v: number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer": (lambda v: v in train.OPTIMIZERS, "one of " + ", ".join(train.OPTIMIZERS)),
+    "learning_rate": (lambda v: number(v) and v > 0, "a positive number"),
+    "batch_size": (lambda v: type(v) is int and v > 0, "a positive whole number"),
+}
+
+
+def write_params(path, params):
+    report.write_text(os.fspath(path), json.dumps(params, indent=1) + "\n")
+
+
+def load_params(path):
+    """best_params.json -> params, or data.DataError (one line naming the file and the key) for a file that
+    build_network and training_arguments could not use."""
+    try:
+        with open(path) as file:
+            params = json.load(file)
+    except OSError as error:
+        raise data.DataError(f"{path}: {error.strerror}") from None
+    except ValueError as error:
+        raise data.DataError(f"{path}: not JSON ({error})") from None
+    if not isinstance(params, dict):
+        raise data.DataError(f"{path}: expected a JSON object with the keys {', '.join(PARAM_CHECKS)}")
+    unknown = sorted(params.keys() - PARAM_CHECKS.keys())
+    if unknown:
+        raise data.DataError(f"{path}: unknown key {unknown[0]!r}; the keys are {', '.join(PARAM_CHECKS)}")
+    for key, (test, expected) in PARAM_CHECKS.items():
+        if key not in params:
+            raise data.DataError(f"{path}: {key} is missing; expected {expected}")
+        if not test(params[key]):
+            raise data.DataError(f"{path}: {key} is {json.dumps(params[key])}; expected {expected}")
+    if len(params["kernel_sizes"]) != len(params["filters"]):
+        raise data.DataError(f"{path}: kernel_sizes has {len(params['kernel_sizes'])} sizes for "
+                             f"{len(params['filters'])} conv layers (filters); expected one per conv layer")
+    return params
+
+
+# ---- the search ----
+
+def open_study(storage_url, name, prune_after):
+    """The study `name` in the storage, created if new. The sampler's seed counts the trials already there, so
+    that a resumed search goes on to new networks instead of drawing the first ones again."""
+    if storage_url.startswith("sqlite:///"):  # SQLite makes the file but not its directory
+        os.makedirs(os.path.dirname(storage_url.removeprefix("sqlite:///")) or ".", exist_ok=True)
+    study = optuna.create_study(storage=storage_url, study_name=name, direction="maximize", load_if_exists=True,
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after))
+    study.sampler = optuna.samplers.TPESampler(seed=run.seed + len(study.trials))
+    return study
+
+
+def run_trial(trial, digits, epochs, patience, deadline):
+    """Train the trial's network -> its best validation accuracy. Each epoch's accuracy goes to the pruner,
+    which may stop the trial there; so does the deadline (time.time() seconds)."""
+    params = suggest_params(trial)
+    trial.set_user_attr("params", params)
+    train_images, train_labels, val_images, val_labels = digits
+    network = build_network(params, run.seed)
+    steps_per_epoch = math.ceil(len(train_labels) / params["batch_size"])  # as train.train counts them
+
+    # train.train's only hook is after every step: at the last step of an epoch, score the epoch. Raising here
+    # leaves train.train mid-epoch; the network, its optimiser and its traced step are this trial's alone.
+    def after_step(step, training_seconds):
+        if step % steps_per_epoch == 0:
+            _, accuracy = train.evaluate(network, val_images, val_labels)
+            trial.report(accuracy, step // steps_per_epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        if time.time() > deadline:
+            trial.set_user_attr("stopped", "out of time")
+            raise optuna.TrialPruned()
+
+    history = train.train(network, train_images, train_labels, val_images, val_labels, max_n_epochs=epochs,
+                          patience=patience, seed=run.seed, label_smoothing=run.label_smoothing,
+                          augmentation=AUGMENTATION, after_step=after_step, verbose=False,
+                          **training_arguments(params))
+    return max(record["val_accuracy"] for record in history)
+
+
+def search(study, digits, n_trials, timeout, epochs, patience):
+    """Run up to n_trials more trials of the study, for at most timeout seconds (0: no limit)."""
+    deadline = time.time() + timeout if timeout else math.inf
+    # gc after each trial: a network and its traced functions are held in reference cycles.
+    study.optimize(lambda trial: run_trial(trial, digits, epochs, patience, deadline), n_trials=n_trials,
+                   timeout=timeout or None, callbacks=[print_trial], gc_after_trial=True)
+
+
+# ---- what it found ----
+
+def layers(params):
+    """-> ('5x5/32 3x3/64', '256'): each conv layer's kernel/filters, each dense layer's units."""
+    convs = " ".join(f"{k}x{k}/{f}" for k, f in zip(params["kernel_sizes"], params["filters"]))
+    return convs, " ".join(map(str, params["units"]))
+
+
+def print_trial(study, trial):
+    if "params" not in trial.user_attrs:  # failed before it drew its network
+        return
+    params, epochs_done = trial.user_attrs["params"], len(trial.intermediate_values)
+    last = f"{100 * trial.value:.2f}%" if trial.value is not None else "no accuracy yet"
+    if trial.state == TrialState.COMPLETE:
+        best = study.best_trial
+        outcome = f"{last} in {epochs_done} epochs (best {100 * best.value:.2f}%, trial {best.number})"
+    elif trial.user_attrs.get("stopped"):
+        outcome = f"stopped at the time limit after {epochs_done} epochs, {last}"
+    else:
+        outcome = f"pruned after epoch {epochs_done}, {last}, behind the median"
+    convs, units = layers(params)
+    print(f"trial {trial.number:3d}: {outcome}  [{convs} | {units}, dropout {params['dropout_rate']:.2f}, "
+          f"{params['optimizer']} {params['learning_rate']:.1e}, batch {params['batch_size']}]  "
+          f"{trial.duration.total_seconds():.0f}s", flush=True)
+
+
+def markdown_table(trials):
+    lines = ["| trial | val accuracy | conv kxk/filters | dense units | dropout | optimiser | learning rate | batch "
+             "| epochs | seconds |", "|" + " --- |" * 10]
+    for trial in trials:
+        params = trial.user_attrs["params"]
+        convs, units = layers(params)
+        lines.append(f"| {trial.number} | {100 * trial.value:.2f}% | {convs} | {units} | {params['dropout_rate']:.2f} "
+                     f"| {params['optimizer']} | {params['learning_rate']:.1e} | {params['batch_size']} "
+                     f"| {len(trial.intermediate_values)} | {trial.duration.total_seconds():.0f} |")
+    return "\n".join(lines)
+
+
+def error_percent(trial):
+    """100 * (1 - accuracy), with a perfect score (possible on a small validation split) drawn at 0.01%: a log
+    axis has no 0."""
+    return max(100 * (1 - trial.value), 0.01)
+
+
+def plot_history(trials, path):
+    """Each trial's validation error (a pruned trial's at the epoch it stopped) and the best so far."""
+    figure = Figure(figsize=(8, 4.5))
+    axis = figure.subplots()
+    for state, style in [(TrialState.PRUNED, dict(marker="x", color="0.6", label="pruned or stopped")),
+                         (TrialState.COMPLETE, dict(marker="o", color="C0", label="finished"))]:
+        shown = [t for t in trials if t.state == state and t.value is not None]
+        axis.scatter([t.number for t in shown], [error_percent(t) for t in shown], **style)
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = np.minimum.accumulate([error_percent(t) for t in finished])
+    axis.step([t.number for t in finished], best, where="post", color="C3", label="best so far")
+    axis.set(yscale="log", xlabel="trial", ylabel="validation error (%), log scale",
+             title=f"tuning history: {len(trials)} trials, the best error {best[-1]:.2f}%")
+    axis.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))  # 0.5, 2, 10 rather than 5x10^-1
+    axis.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.legend()
+    figure.tight_layout()
+    return report.save_figure(figure, path)
+
+
+def plot_accuracies(finished, path):
+    """How the finished trials' validation accuracies are spread."""
+    accuracies = [100 * t.value for t in finished]
+    figure = Figure(figsize=(8, 4.5))
+    axis = figure.subplots()
+    axis.hist(accuracies, bins=20, color="C0")
+    axis.axvline(max(accuracies), color="C3", label=f"best {max(accuracies):.2f}%")
+    axis.set(xlabel="validation accuracy (%)", ylabel="finished trials",
+             title=f"validation accuracy of {len(accuracies)} finished trials")
+    axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.legend()
+    figure.tight_layout()
+    return report.save_figure(figure, path)
+
+
+def write_results(study, resources_dir=RESOURCES_DIR, model_dir=MODEL_DIR):
+    """The best and worst 10 finished trials as tables (printed and in tuning.md), the two pictures, and the
+    best trial's params in best_params.json; -> the best params, or None before any trial has finished."""
+    trials = [t for t in study.get_trials(deepcopy=False) if "params" in t.user_attrs]
+    finished = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    if not finished:
+        print("no trial has finished yet: nothing to report")
+        return None
+    states = Counter(t.state for t in trials)
+    out_of_time = sum(bool(t.user_attrs.get("stopped")) for t in trials)
+    best = finished[0]
+    text = (f"# Hyperparameter search: study {study.study_name}\n\n"
+            f"{len(trials)} trials: {states[TrialState.COMPLETE]} finished, {states[TrialState.PRUNED]} pruned "
+            f"({out_of_time} of them at the time limit), {states[TrialState.FAIL]} failed, "
+            f"{states[TrialState.RUNNING]} running. Settings: {json.dumps(study.user_attrs.get('settings'))}.\n"
+            f"The best, trial {best.number}, reached {100 * best.value:.2f}% validation accuracy; its params are in "
+            f"{model_dir}/best_params.json (`python run.py --params {model_dir}/best_params.json` trains it).\n\n"
+            f"## The best {min(10, len(finished))}\n\n{markdown_table(finished[:10])}\n\n"
+            f"## The worst {min(10, len(finished))}\n\n{markdown_table(finished[::-1][:10])}\n")
+    print(text)
+    report.write_text(f"{resources_dir}/tuning.md", text)
+    plot_history(trials, f"{resources_dir}/tuning_history.png")
+    plot_accuracies(finished, f"{resources_dir}/tuning_accuracies.png")
+    write_params(f"{model_dir}/best_params.json", best.user_attrs["params"])
+    print(f"tuning: {resources_dir}/tuning.md, tuning_history.png, tuning_accuracies.png; "
+          f"best params: {model_dir}/best_params.json")
+    return best.user_attrs["params"]
+
+
+def parse_flags(argv):
+    """Every setting above becomes --name; --quick changes the defaults of those in QUICK, not what is given."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in SETTINGS.items():
+        kind = dict(action="store_true") if default is False else dict(type=type(default), default=default)
+        parser.add_argument(f"--{name}", **kind, help=f"(default: {default})")
+    if parser.parse_known_args(argv)[0].quick:
+        parser.set_defaults(**QUICK)
+    config = parser.parse_args(argv)
+    for name in ("trials", "epochs", "patience"):
+        if getattr(config, name) < 1:
+            parser.error(f"--{name} {getattr(config, name)}: must be at least 1")
+    if config.timeout < 0 or config.prune_after < 0:
+        parser.error("--timeout and --prune_after must be 0 or more")
+    if config.rows and config.rows < 100:
+        parser.error(f"--rows {config.rows}: must be 0 (all) or at least 100, for a validation split of every digit")
+    return config
+
+
+def main(argv=None):
+    config = parse_flags(sys.argv[1:] if argv is None else argv)
+    if config.quick:
+        print(f"quick: {config.rows} digits, {config.epochs} epochs a trial, {config.trials} trials or "
+              f"{config.timeout}s, study {config.study}: a smoke run of the search, its accuracies are not a result")
+    try:
+        images, labels = data.load_train(data.find_csv("train"), max_rows=config.rows or None)
+    except data.DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    digits = data.split_train_validation(images, labels, run.percent_data_for_training, run.seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # print_trial says what matters, in one line a trial
+    tf.get_logger().setLevel("ERROR")  # every trial traces its own step: TensorFlow's retracing warning is expected
+    tuning = open_study(config.storage, config.study, config.prune_after)
+    # What an accuracy means depends on these: trials run under other settings do not compare.
+    settings = dict(digits=len(labels), epochs=config.epochs, patience=config.patience,
+                    percent_data_for_training=run.percent_data_for_training, seed=run.seed)
+    recorded = tuning.user_attrs.get("settings", settings)
+    if recorded != settings:
+        print(f"error: study {config.study} in {config.storage} was run with {recorded}, not "
+              f"{settings}; resume it with those or start another with --study NAME", file=sys.stderr)
+        return 2
+    tuning.set_user_attr("settings", settings)
+    print(f"study {config.study} in {config.storage}: {len(tuning.trials)} trials so far; up to {config.trials} more"
+          f"{f' or {config.timeout}s' if config.timeout else ''}, {config.epochs} epochs each, on "
+          f"{len(digits[1])} training and {len(digits[3])} validation digits", flush=True)
+    try:
+        search(tuning, digits, config.trials, config.timeout, config.epochs, config.patience)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the finished trials are kept in {config.storage}; the same command resumes")
+    write_results(tuning)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
