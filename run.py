@@ -20,6 +20,8 @@ model = "digitnet"               # the network (python run.py --list-models), tr
 params = ""                      # a tune.py best_params.json: train the network and recipe it describes
 ensemble = 1                     # train this many networks (seeds seed, seed+1, ...) and average their outputs
 tta = False                      # test-time augmentation: also average over the digit shifted by one pixel
+resume = False                   # go on from model/latest where an interrupted run stopped (same settings)
+deterministic = False            # TensorFlow's deterministic ops: two runs give bit-identical weights
 SHOW_INCORRECT = False           # also list every misclassified validation digit (the report pictures them)
 train = ""                       # train.csv path; default: ./train.csv(.gz), else the shipped copy
 test = ""                        # test.csv path; likewise
@@ -98,24 +100,25 @@ def main(argv=None):
     # TensorFlow is imported only now, so that --help, bad flags and bad files answer at once and plainly.
     import numpy as np
     import report
+    from train import CheckpointMismatch, TrainingDiverged, TrainingInterrupted
     train_images, train_labels, val_images, val_labels = data.split_train_validation(
         images, labels, config.percent_data_for_training, config.seed)
     print(f"data: {len(train_labels)} training and {len(val_labels)} validation digits from {train_path}, "
           f"{len(test_images)} test digits from {test_path}")
 
+    if config.deterministic:
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
     run_name = datetime.now().strftime("%Y%m%d-%H%M%S")
-    members, history = [], None
-    for member in range(1, config.ensemble + 1):
-        # Members differ in seed (initial weights, data order, augmentation, dropout) and share the split,
-        # so the validation digits are held out from every one of them.
-        member_dir = MODEL_DIR if config.ensemble == 1 else f"{MODEL_DIR}/ensemble/member-{member}"
-        member_log_dir = f"{LOG_DIR}/{run_name}" + ("" if config.ensemble == 1 else f"/member-{member}")
-        if config.ensemble > 1:
-            print(f"ensemble member {member}/{config.ensemble}")
-        model, member_history = train_or_reuse_member(config, config.seed + member - 1, member_dir, member_log_dir,
-                                                      train_images, train_labels, val_images, val_labels)
-        members.append(model)
-        history = member_history or history
+    try:
+        members, history = train_members(config, run_name, train_images, train_labels, val_images, val_labels)
+    except TrainingInterrupted as stop:
+        again = " ".join(["python", "run.py", *[arg for arg in sys.argv[1:] if arg != "--resume"], "--resume"])
+        print(f"stopped: {stop}\nto go on where it stopped: {again}", file=sys.stderr)
+        return 130
+    except (TrainingDiverged, CheckpointMismatch) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, CheckpointMismatch) else 1
 
     export_saved_model(members, f"{MODEL_DIR}/saved_model")
     test_predictions = ensemble_probabilities(members, test_images, config.tta).argmax(1)
@@ -146,29 +149,65 @@ def main(argv=None):
     return 0
 
 
+def train_members(config, run_name, train_images, train_labels, val_images, val_labels):
+    """Train the network, or each member of the ensemble. -> (the networks, the last trained one's history)."""
+    members, history = [], None
+    for member in range(1, config.ensemble + 1):
+        # Members differ in seed (initial weights, data order, augmentation, dropout) and share the split,
+        # so the validation digits are held out from every one of them.
+        member_dir = MODEL_DIR if config.ensemble == 1 else f"{MODEL_DIR}/ensemble/member-{member}"
+        member_log_dir = f"{LOG_DIR}/{run_name}" + ("" if config.ensemble == 1 else f"/member-{member}")
+        if config.ensemble > 1:
+            print(f"ensemble member {member}/{config.ensemble}")
+        model, member_history = train_or_reuse_member(config, config.seed + member - 1, member_dir, member_log_dir,
+                                                      train_images, train_labels, val_images, val_labels)
+        members.append(model)
+        history = member_history or history
+    return members, history
+
+
 def train_or_reuse_member(config, member_seed, member_dir, log_dir, train_images, train_labels, val_images, val_labels):
     """Train one network, or, for an ensemble member finished by an earlier run with the same settings,
     restore it from its best checkpoint. -> (model, history or None when reused)."""
     import tensorflow as tf
-    from train import train as train_model
+    from train import CheckpointMismatch, train as train_model
 
-    settings = {name: getattr(config, name) for name in CONFIG_NAMES if name not in ("ensemble", "tta", "SHOW_INCORRECT")}
+    settings = {name: getattr(config, name) for name in CONFIG_NAMES
+                if name not in ("ensemble", "tta", "resume", "deterministic", "SHOW_INCORRECT")}
     settings.update(member_seed=member_seed, n_train=len(train_labels), train_labels_sum=int(train_labels.sum()))
     finished_marker = f"{member_dir}/finished.json"
     tf.random.set_seed(member_seed)
     model, recipe = network_and_recipe(config, member_seed)
-    if config.ensemble > 1 and os.path.exists(finished_marker):
-        with open(finished_marker) as file:
-            if json.load(file) == settings:
-                tf.train.Checkpoint(model=model).read(tf.train.latest_checkpoint(f"{member_dir}/best")).expect_partial()
-                print(f"  reusing the finished member in {member_dir}")
-                return model, None
+    if config.ensemble > 1 and read_json(finished_marker) == settings:
+        tf.train.Checkpoint(model=model).read(tf.train.latest_checkpoint(f"{member_dir}/best")).expect_partial()
+        print(f"  reusing the finished member in {member_dir}")
+        return model, None
+    settings_file = f"{member_dir}/settings.json"
+    if config.resume and read_json(settings_file) not in (None, settings):
+        changed = [name for name, value in read_json(settings_file).items() if settings.get(name) != value]
+        raise CheckpointMismatch(f"{member_dir}/latest was trained with other settings ({', '.join(changed)}); "
+                                 "resume with the same flags")
+    os.makedirs(member_dir, exist_ok=True)
+    write_json(settings_file, settings)
     history = train_model(model, train_images, train_labels, val_images, val_labels, seed=member_seed,
-                          checkpoint_dir=member_dir, log_dir=log_dir, **recipe)
-    with open(finished_marker + ".tmp", "w") as file:
-        json.dump(settings, file)
-    os.replace(finished_marker + ".tmp", finished_marker)
+                          checkpoint_dir=member_dir, log_dir=log_dir, resume=config.resume, **recipe)
+    write_json(finished_marker, settings)
     return model, history
+
+
+def read_json(path):
+    """The file's contents, or None if there is no such file."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return json.load(file)
+
+
+def write_json(path, value):
+    """Write to a temporary name, then rename: a crash leaves the old file or the new, never half of one."""
+    with open(path + ".tmp", "w") as file:
+        json.dump(value, file)
+    os.replace(path + ".tmp", path)
 
 
 def network_and_recipe(config, seed):

@@ -38,7 +38,10 @@ def batch_normalize(x, bn: dict, training: bool, momentum=0.99, epsilon=1e-3):
         bn["moving_variance"].assign(bn["moving_variance"] * momentum + variance * (1.0 - momentum))
     else:
         mean, variance = bn["moving_mean"], bn["moving_variance"]
-    return bn["scale"] * (x - mean) * tf.math.rsqrt(variance + epsilon) + bn["offset"]
+    # The same y, folded into one multiply and one add per element: x * m + (offset - mean * m) with
+    # m = scale / sqrt(var + epsilon). Per-channel work is tiny; per-element work is what costs.
+    multiplier = bn["scale"] * tf.math.rsqrt(variance + epsilon)
+    return x * multiplier + (bn["offset"] - mean * multiplier)
 
 
 # ---------------------------------------------------------------------------------------------------------

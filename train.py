@@ -2,8 +2,11 @@
 checkpoints and TensorBoard logs. run.py calls train(); so do the experiments and the tuner.
 Also the write-ups' extras: class weights, an L1/L2 weight penalty, a learning rate cut on a plateau.
 """
+import json
 import math
+import signal
 import sys
+import threading
 import time
 import weakref
 
@@ -103,7 +106,7 @@ class ProgressBar:
 def train(model, train_images, train_labels, val_images, val_labels, *, max_n_epochs, patience, batch_size,
           learning_rate, seed, label_smoothing=0.0, augmentation=None, optimizer="adam", schedule="one_cycle",
           plateau_patience=4, plateau_factor=0.1, class_weights=None, weight_penalty=None,
-          checkpoint_dir=None, log_dir=None, after_step=None, verbose=True):
+          checkpoint_dir=None, log_dir=None, resume=False, after_step=None, verbose=True):
     """Train `model` in place and restore its best epoch (by validation accuracy, then loss).
 
     augmentation: keyword arguments for tools.data_augmentation, or None for none.
@@ -112,6 +115,9 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
     class_weights: per-class loss weights [10], 'balanced' (from train_labels), or None.
     weight_penalty: (l1, l2) for kernel_penalty, added to the loss; or None.
     checkpoint_dir: where tf.train.CheckpointManager keeps 'latest' and 'best'; log_dir: TensorBoard.
+    resume: go on from checkpoint_dir/latest, if there is one, exactly where it stopped.
+    Ctrl-C or SIGTERM ends the current step, saves 'latest' and raises TrainingInterrupted; a loss that is not
+    finite raises TrainingDiverged; a 'latest' that does not fit the network raises CheckpointMismatch.
     after_step(step, training_seconds): called after every step (benchmarks evaluate from it).
     Returns the history: a list of one dict per epoch.
     """
@@ -146,70 +152,152 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), batch_labels), tf.float32))
         return loss, correct
 
-    epoch = tf.Variable(0, dtype=tf.int64)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng=rng, epoch=epoch)
+    # Everything a resumed run needs to go on exactly where this one stopped: the weights, the optimiser's
+    # slots, the random stream of augmentation and dropout, the best epoch's weights and the loop's own
+    # counters (`progress`, kept as JSON). The data order needs no saving: it is a function of (seed, epoch).
+    best_weights = [tf.Variable(variable, trainable=False) for variable in model.variables]
+    progress_text = tf.Variable("", dtype=tf.string, trainable=False)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng=rng, best_weights=best_weights,
+                                     progress=progress_text)
     latest = best = None
     if checkpoint_dir:
         latest = tf.train.CheckpointManager(checkpoint, f"{checkpoint_dir}/latest", max_to_keep=1)
         best = tf.train.CheckpointManager(checkpoint, f"{checkpoint_dir}/best", max_to_keep=1)
+    progress = dict(epochs_done=0, steps_done=0, loss_sum=0.0, correct_sum=0.0, best_key=None, best_epoch=0,
+                    history=[], plateau=[plateau.best, plateau.flat_epochs])
+    if resume and latest and latest.latest_checkpoint:
+        restore_checkpoint(checkpoint, latest.latest_checkpoint)
+        progress = json.loads(progress_text.numpy().decode())
+        plateau.best, plateau.flat_epochs = progress["plateau"]
+        if verbose:
+            print(f"resuming after epoch {progress['epochs_done']}, step {progress['steps_done']}, "
+                  f"from {latest.latest_checkpoint}")
+
+    def save(manager):
+        progress["plateau"] = [plateau.best, plateau.flat_epochs]
+        progress_text.assign(json.dumps(progress))
+        manager.save(checkpoint_number=optimizer.iterations)  # a new name each time: the old stays till it is written
+
     writers = None
     if log_dir:
         writers = {split: tf.summary.create_file_writer(f"{log_dir}/{split}") for split in ("train", "validation")}
-
-    if writers:
         with writers["train"].as_default():
             tf.summary.graph(train_step.get_concrete_function().graph)
-    order_rng = np.random.default_rng(seed)
-    history, best_key, best_epoch, best_weights = [], None, 0, None
-    training_seconds = 0.0
-    for epoch_index in range(1, max_n_epochs + 1):
-        started = time.time()
-        order = order_rng.permutation(n_train).astype(np.int32)
-        bar = ProgressBar(steps_per_epoch, enabled=verbose)
-        loss_sum = correct_sum = 0.0
-        for step in range(steps_per_epoch):
-            step_started = time.time()
-            batch_indices = order[step * batch_size:(step + 1) * batch_size]
-            loss, correct = train_step(batch_indices)
-            loss_sum += float(loss) * len(batch_indices)
-            correct_sum += float(correct)
-            training_seconds += time.time() - step_started
-            if after_step:
-                after_step((epoch_index - 1) * steps_per_epoch + step + 1, training_seconds)
-            bar.update(step + 1, loss_sum / ((step + 1) * batch_size))
-        bar.close()
-        epoch.assign(epoch_index)
-        val_loss, val_accuracy = evaluate(model, val_images, val_labels) if len(val_labels) else (float("nan"),) * 2
-        record = dict(epoch=epoch_index, train_loss=loss_sum / n_train, train_accuracy=correct_sum / n_train,
-                      val_loss=val_loss, val_accuracy=val_accuracy,
-                      learning_rate=float(optimizer.learning_rate.numpy()), seconds=time.time() - started)
-        history.append(record)
-        if verbose:
-            print(f"epoch {epoch_index:3d}/{max_n_epochs}  train loss {record['train_loss']:.4f} "
-                  f"acc {100 * record['train_accuracy']:.2f}%  val loss {val_loss:.4f} acc {100 * val_accuracy:.2f}%  "
-                  f"lr {record['learning_rate']:.2e}  {record['seconds']:.1f}s", flush=True)
-        if writers:
-            log_epoch(writers, model, record)
-        if schedule == "plateau":  # Keras watches the validation loss; without a validation split, the training loss
-            optimizer.learning_rate.assign(plateau(val_loss if len(val_labels) else record["train_loss"],
-                                                   record["learning_rate"]))
-        key = (val_accuracy, -val_loss)
-        if best_key is None or key > best_key or not len(val_labels):
-            best_key, best_epoch = key, epoch_index
-            best_weights = [v.numpy() for v in model.variables]
-            if best:
-                best.save(checkpoint_number=epoch_index)
-        if latest:
-            latest.save(checkpoint_number=epoch_index)
-        if epoch_index - best_epoch >= patience:
+
+    history, training_seconds = progress["history"], 0.0
+    with StopRequests() as stop:
+        for epoch_index in range(progress["epochs_done"] + 1, max_n_epochs + 1):
+            if progress["epochs_done"] - progress["best_epoch"] >= patience:
+                break  # an early-stopped run, resumed: nothing left to do
+            started = time.time()
+            order = np.random.default_rng([seed, epoch_index]).permutation(n_train).astype(np.int32)
+            bar = ProgressBar(steps_per_epoch, enabled=verbose)
+            for step in range(progress["steps_done"], steps_per_epoch):
+                step_started = time.time()
+                batch_indices = order[step * batch_size:(step + 1) * batch_size]
+                loss, correct = train_step(batch_indices)
+                loss = float(loss)
+                if not math.isfinite(loss):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"the training loss became {loss} at epoch {epoch_index}, step {step + 1}; "
+                        + (f"the last good checkpoint is in {checkpoint_dir}/latest; " if latest else "")
+                        + "try a lower --learning_rate")
+                progress["loss_sum"] += loss * len(batch_indices)
+                progress["correct_sum"] += float(correct)
+                progress["steps_done"] = step + 1
+                training_seconds += time.time() - step_started
+                if after_step:
+                    after_step((epoch_index - 1) * steps_per_epoch + step + 1, training_seconds)
+                bar.update(step + 1, progress["loss_sum"] / ((step + 1) * batch_size))
+                if stop.requested and step + 1 < steps_per_epoch:
+                    bar.close()
+                    if latest:
+                        save(latest)
+                    raise TrainingInterrupted(
+                        f"{stop.requested} at epoch {epoch_index}, step {step + 1} of {steps_per_epoch}"
+                        + (f"; everything is saved in {checkpoint_dir}/latest" if latest else ""))
+            bar.close()
+            val_loss, val_accuracy = evaluate(model, val_images, val_labels) if len(val_labels) else (math.nan,) * 2
+            record = dict(epoch=epoch_index, train_loss=progress["loss_sum"] / n_train,
+                          train_accuracy=progress["correct_sum"] / n_train, val_loss=val_loss,
+                          val_accuracy=val_accuracy, learning_rate=float(optimizer.learning_rate.numpy()),
+                          seconds=time.time() - started)
+            history.append(record)
+            progress.update(epochs_done=epoch_index, steps_done=0, loss_sum=0.0, correct_sum=0.0)
             if verbose:
-                print(f"early stopping: no validation improvement for {patience} epochs")
-            break
-    for variable, value in zip(model.variables, best_weights):
-        variable.assign(value)
+                print(f"epoch {epoch_index:3d}/{max_n_epochs}  train loss {record['train_loss']:.4f} "
+                      f"acc {100 * record['train_accuracy']:.2f}%  val loss {val_loss:.4f} "
+                      f"acc {100 * val_accuracy:.2f}%  lr {record['learning_rate']:.2e}  {record['seconds']:.1f}s",
+                      flush=True)
+            if writers:
+                log_epoch(writers, model, record)
+            if schedule == "plateau":  # Keras watches the validation loss; without a validation split, the training loss
+                optimizer.learning_rate.assign(plateau(val_loss if len(val_labels) else record["train_loss"],
+                                                       record["learning_rate"]))
+            key = [val_accuracy, -val_loss]
+            if progress["best_key"] is None or key > progress["best_key"] or not len(val_labels):
+                progress.update(best_key=key, best_epoch=epoch_index)
+                for copy, variable in zip(best_weights, model.variables):
+                    copy.assign(variable)
+                if best:
+                    save(best)
+            if latest:
+                save(latest)
+            if epoch_index - progress["best_epoch"] >= patience:
+                if verbose:
+                    print(f"early stopping: no validation improvement for {patience} epochs")
+                break
+            if stop.requested:
+                raise TrainingInterrupted(f"{stop.requested} at the end of epoch {epoch_index}"
+                                          + (f"; everything is saved in {checkpoint_dir}/latest" if latest else ""))
+    for variable, copy in zip(model.variables, best_weights):
+        variable.assign(copy)
     if verbose:
-        print(f"restored the best epoch, {best_epoch}")
+        print(f"restored the best epoch, {progress['best_epoch']}")
     return history
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped training at a consistent point, after saving it (with a checkpoint_dir)."""
+
+
+class TrainingDiverged(Exception):
+    """The loss stopped being a finite number; nothing was saved from that step on."""
+
+
+class CheckpointMismatch(Exception):
+    """A checkpoint that does not fit this network and recipe (another architecture, or not a checkpoint)."""
+
+
+class StopRequests:
+    """While active, Ctrl-C (SIGINT) and SIGTERM only record that a stop was asked for, so the training loop can
+    finish its step, save and stop at a consistent point; a second Ctrl-C interrupts at once, as usual."""
+
+    def __enter__(self):
+        self.requested, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for signal_number in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signal_number] = signal.signal(signal_number, self.request)
+        return self
+
+    def request(self, signal_number, frame):
+        if self.requested and signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = "interrupted by Ctrl-C" if signal_number == signal.SIGINT else "stopped by SIGTERM"
+
+    def __exit__(self, *exception):
+        for signal_number, handler in self.previous.items():
+            signal.signal(signal_number, handler)
+
+
+def restore_checkpoint(checkpoint, path):
+    """Read every variable of `checkpoint` from `path`, or raise CheckpointMismatch with a one-line reason."""
+    try:
+        checkpoint.read(path).assert_existing_objects_matched()
+    except Exception as error:  # TensorFlow raises a different type for each way a file can be wrong
+        reason = str(error).strip().splitlines()[0][:200]
+        raise CheckpointMismatch(f"{path} does not fit this network and recipe ({reason})") from None
 
 
 def named_variables(model):

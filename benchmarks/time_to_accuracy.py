@@ -42,7 +42,7 @@ import tensorflow as tf
 import data
 import run  # the default recipe: its module-level settings (importing it defines names and nothing more)
 import train
-from model import DigitNet
+from model import build_model, training_recipe
 
 THRESHOLDS = {f"{float(percent):.1f}": float(percent) for percent in thresholds.split(",")}  # "99.0": 99.0
 max_n_epochs = run.max_n_epochs
@@ -63,7 +63,7 @@ def time_to_thresholds(seed):
     train_images, train_labels, val_images, val_labels = data.split_train_validation(
         images, labels, run.percent_data_for_training, seed)
     tf.random.set_seed(seed)
-    net = DigitNet(dropout_rate=run.dropout_rate, seed=seed)
+    net = build_model("digitnet", seed=seed)  # with its recipe, run.py's defaults
     reached, best = dict.fromkeys(THRESHOLDS), 0.0
 
     def check(step, training_seconds):
@@ -80,12 +80,9 @@ def time_to_thresholds(seed):
         if None not in reached.values():
             raise ReachedAll
 
-    augmentation = dict(max_rotation_degrees=run.max_rotation_degrees, max_shift_fraction=run.max_shift_fraction,
-                        max_zoom_fraction=run.max_zoom_fraction)
     try:
-        train.train(net, train_images, train_labels, val_images, val_labels, max_n_epochs=max_n_epochs,
-                    patience=run.patience, batch_size=run.batch_size, learning_rate=run.learning_rate, seed=seed,
-                    label_smoothing=run.label_smoothing, augmentation=augmentation, after_step=check, verbose=False)
+        train.train(net, train_images, train_labels, val_images, val_labels, seed=seed, after_step=check,
+                    verbose=False, **training_recipe("digitnet", max_n_epochs=max_n_epochs))
     except ReachedAll:
         pass
     return dict(seed=seed, best_checked_accuracy=best, reached=reached)
