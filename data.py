@@ -8,6 +8,7 @@ import gzip
 import io
 import itertools
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -20,6 +21,7 @@ _PIXEL_COLUMNS = [f"pixel{i}" for i in range(28 * 28)]
 _TRAIN_COLUMNS = ["label", *_PIXEL_COLUMNS]
 _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # where a line ends, as for pandas' rows and bytes.splitlines
 # The header is checked by hand; quotes are literal so that every row is exactly one line of the file, and blank
 # lines are kept so that row i of the table is line i + 2 of the file.
 _CSV_OPTIONS = dict(skiprows=1, header=None, engine="c", quoting=csv.QUOTE_NONE, skip_blank_lines=False)
@@ -66,21 +68,22 @@ def _read_table(path, columns, max_rows):
         try:
             text.decode("utf-8")
         except UnicodeDecodeError as error:
-            line_number = text.count(b"\n", 0, error.start) + 1
+            line_number = len(_LINE_BREAK.findall(text, 0, error.start)) + 1
             raise DataError(f"{path} line {line_number}: bytes that are not UTF-8 text "
                             f"({text[error.start:error.end]!r}); is this really a csv file?") from None
-    header, newline, _ = text.partition(b"\n")
-    _check_header(path, header.rstrip(b"\r").decode("utf-8").split(","), columns)
-    if not newline:
+    header, *rows = _LINE_BREAK.split(text, maxsplit=1)
+    _check_header(path, header.decode("utf-8").split(","), columns)
+    if not rows:
         raise DataError(f"{path}: no rows, only the header")
 
     highest = np.array([9 if name == "label" else 255 for name in columns], dtype=np.uint8)
     try:  # the fast path: the C parser reads straight into uint8, refusing blanks, fractions, text and 256+
-        table = pd.read_csv(io.BytesIO(text), dtype=np.uint8, **_CSV_OPTIONS).to_numpy()
+        with np.errstate(invalid="ignore"):  # pandas casting 1e20 or inf to uint8 before refusing it
+            table = pd.read_csv(io.BytesIO(text), dtype=np.uint8, **_CSV_OPTIONS).to_numpy()
         if table.shape[1] == len(columns) and (table <= highest).all():
             return table
-    except ValueError:  # pandas' own message names neither the line nor, always, the problem
-        pass
+    except (ValueError, OverflowError):  # the latter for a number past 64 bits, e.g. 99999999999999999999
+        pass  # pandas' own message names neither the line nor, always, the problem: found below instead
     bad_line = _first_bad_line(text, columns, highest)
     if bad_line is None:
         raise DataError(f"{path}: cannot be read as a table of whole numbers")
@@ -99,7 +102,11 @@ def _read_bytes(path, max_rows):
         file.seek(0)
         source = gzip.GzipFile(fileobj=file) if gzipped else file
         try:
-            return source.read() if max_rows is None else b"".join(itertools.islice(source, max_rows + 1))
+            if max_rows is None:
+                return source.read()
+            # Lines as the file object splits them (at \n only), then cut again at \r too.
+            head = b"".join(itertools.islice(source, max_rows + 1))
+            return b"".join(head.splitlines(keepends=True)[:max_rows + 1])
         except (OSError, EOFError, zlib.error) as error:
             raise DataError(f"{path}: corrupt or truncated gzip file ({error})") from None
 

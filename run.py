@@ -28,12 +28,13 @@ test = ""                        # test.csv path; likewise
 # ------------------------------------------------------------------------------
 CONFIG_NAMES = [name for name in list(globals()) if not name.startswith("_")]
 DEFAULTS = {name: globals()[name] for name in CONFIG_NAMES}
-import argparse
 import json
 import os
 import sys
 import time
 from datetime import datetime
+
+from flags import settings_parser
 
 INF = float("inf")
 VALID_RANGES = {  # name: (lowest, highest, what the error message says)
@@ -53,14 +54,7 @@ MODEL_DIR, LOG_DIR, RESOURCES_DIR, SUBMISSION = "model", "tf_logs", "resources",
 
 def parse_flags(argv):
     """Every configuration name above becomes --name (booleans become switches, --show_incorrect)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in DEFAULTS.items():
-        flag = "--" + name.lower()
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=name, action="store_true", help=f"(default: off)")
-        else:
-            parser.add_argument(flag, dest=name, type=type(default), default=default, metavar=type(default).__name__.upper(),
-                                help=f"(default: {default})")
+    parser = settings_parser(DEFAULTS, __doc__)
     parser.add_argument("--list-models", action="store_true", help="list the networks with their size and cost")
     args = parser.parse_args(argv)
     for name, (low, high, meaning) in VALID_RANGES.items():

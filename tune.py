@@ -41,7 +41,6 @@ BATCH_SIZES = (32, 64, 128, 256)
 LEARNING_RATES = {"adam": (1e-4, 1e-2), "nadam": (1e-4, 1e-2), "adadelta": (0.1, 3.0)}
 
 MODEL_DIR, RESOURCES_DIR = "model", "resources"
-import argparse
 import json
 import math
 import os
@@ -58,6 +57,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 from optuna.trial import TrialState
 
 import data
+from flags import settings_parser
 import report
 import run  # the default recipe's settings: importing it defines names and nothing more
 import train
@@ -343,10 +343,7 @@ def write_results(study, resources_dir=RESOURCES_DIR, model_dir=MODEL_DIR):
 
 def parse_flags(argv):
     """Every setting above becomes --name; --quick changes the defaults of those in QUICK, not what is given."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in SETTINGS.items():
-        kind = dict(action="store_true") if default is False else dict(type=type(default), default=default)
-        parser.add_argument(f"--{name}", **kind, help=f"(default: {default})")
+    parser = settings_parser(SETTINGS, __doc__)
     if parser.parse_known_args(argv)[0].quick:
         parser.set_defaults(**QUICK)
     config = parser.parse_args(argv)

@@ -19,7 +19,6 @@ out = ""                 # the JSON's path (relative to the repo); default: benc
 quick = False            # a smoke run: 3 steps after 2 of warm-up, 1 round, 300 test digits twice
 # ------------------------------------------------------------------------------
 SETTINGS = {name: value for name, value in globals().items() if not name.startswith("_")}
-import argparse
 import json
 import os
 import platform
@@ -29,17 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-for name, default in SETTINGS.items():
-    kind = dict(action="store_true") if default is False else dict(type=type(default), default=default)
-    parser.add_argument(f"--{name}", **kind, help=f"(default: {default})")
-globals().update(vars(parser.parse_args()))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from flags import settings_parser  # noqa: E402  (the repo's modules are importable only from here on)
+
+globals().update(vars(settings_parser(SETTINGS, __doc__).parse_args()))
 if quick:
     steps, warmup_steps, rounds, test_rows, inference_repeats = 3, 2, 1, 300, 2
 load_at_start = os.getloadavg()[0]  # recorded: a figure taken on a busy machine should say so
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf

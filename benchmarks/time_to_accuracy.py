@@ -20,7 +20,6 @@ out = ""                 # the JSON's path (relative to the repo); default: benc
 quick = False            # a smoke run: 300 rows, 1 epoch, a check every step, 2 seeds
 # ------------------------------------------------------------------------------
 SETTINGS = {name: value for name, value in globals().items() if not name.startswith("_")}
-import argparse
 import json
 import math
 import os
@@ -28,14 +27,12 @@ import statistics
 import sys
 from pathlib import Path
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-for name, default in SETTINGS.items():
-    kind = dict(action="store_true") if default is False else dict(type=type(default), default=default)
-    parser.add_argument(f"--{name}", **kind, help=f"(default: {default})")
-globals().update(vars(parser.parse_args()))
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from flags import settings_parser  # noqa: E402  (the repo's modules are importable only from here on)
+
+globals().update(vars(settings_parser(SETTINGS, __doc__).parse_args()))
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf
 
