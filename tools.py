@@ -182,7 +182,7 @@ class Adadelta(tf.Module):
         self.iterations.assign_add(1)
 
 
-class Nadam(tf.Module):
+class Nadam(Adam):
     """Nadam (Dozat 2015): Adam with Nesterov momentum, as Keras 3 computes it, with its momentum schedule
 
         u_t = b1 (1 - 0.5 * 0.96^t),   U_t = u_1 u_2 ... u_t
@@ -194,13 +194,8 @@ class Nadam(tf.Module):
     """
 
     def __init__(self, variables, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-        super().__init__()
-        self.params = list(variables)
-        self.learning_rate = tf.Variable(learning_rate, dtype=tf.float32, trainable=False)
-        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        super().__init__(variables, learning_rate, beta_1, beta_2, epsilon)  # Adam's state, plus:
         self.u_product = tf.Variable(1.0, trainable=False)
-        self.m, self.v = zeros_like_each(self.params), zeros_like_each(self.params)
 
     def apply_gradients(self, gradients):
         t = tf.cast(self.iterations + 1, tf.float32)
