@@ -15,7 +15,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the tables
 logging.getLogger("tensorflow").setLevel(logging.ERROR)  # every fit traces its own step function, by design
@@ -26,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import data
+import report
 from model import MODELS, build_model, describe_models, training_recipe
 from train import predict_probabilities, train
 
@@ -66,18 +66,9 @@ def markdown_table(header, rows):
     return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
 
 
-def publish(filename, write):
-    """write(temporary path), then rename it to resources/filename, so no reader ever sees half a file."""
-    path = os.path.join(RESOURCES_DIR, filename)
-    os.makedirs(RESOURCES_DIR, exist_ok=True)
-    write(path + ".tmp")
-    os.replace(path + ".tmp", path)
-    return path
-
-
 def save_figure(figure, filename):
     figure.tight_layout()
-    path = publish(filename, lambda temporary: figure.savefig(temporary, format="png", dpi=100))
+    path = report.save_figure(figure, os.path.join(RESOURCES_DIR, filename), dpi=100)
     plt.close(figure)
     print(f"figure: {path}")
 
@@ -105,7 +96,7 @@ def compare(split, settings):
         [[name, f"{mean:.2f}", f"{spread:.2f}" if settings.trials > 1 else "-", f"{parameters:,}",
           f"{flops / 1e6:,.1f}", f"{seconds:.1f}"] for name, mean, spread, parameters, flops, seconds in results])
     print(table)
-    path = publish("compare.md", lambda temporary: Path(temporary).write_text(table + "\n"))
+    path = report.write_text(os.path.join(RESOURCES_DIR, "compare.md"), table + "\n")
     print(f"table: {path}")
 
     names, means, spreads = [row[0] for row in results], [row[1] for row in results], [row[2] for row in results]

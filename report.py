@@ -24,11 +24,11 @@ def misclassified(labels, probabilities):
     return wrong[np.argsort(-probabilities[wrong, predictions[wrong]])]
 
 
-def save_figure(figure, path):
+def save_figure(figure, path, dpi=80):
     """Save as PNG to a temporary name, then rename, so a crash never leaves half a picture; -> path."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     temporary = path + ".tmp.png"
-    figure.savefig(temporary, dpi=80)
+    figure.savefig(temporary, dpi=dpi)
     os.replace(temporary, path)
     return path
 

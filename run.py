@@ -198,10 +198,9 @@ def read_json(path):
 
 
 def write_json(path, value):
-    """Write to a temporary name, then rename: a crash leaves the old file or the new, never half of one."""
-    with open(path + ".tmp", "w") as file:
-        json.dump(value, file)
-    os.replace(path + ".tmp", path)
+    """Written to a temporary name, then renamed: a crash leaves the old file or the new, never half of one."""
+    import report
+    report.write_text(path, json.dumps(value))
 
 
 def network_and_recipe(config, seed):

@@ -53,7 +53,7 @@ def test_quick_run_says_so_prints_its_table_and_writes_its_figure(name, workdir,
     header, first_cells, figure = EXPECTED[name]
     assert table_rows(output, header) == first_cells
     assert (workdir / "resources" / figure).read_bytes()[:8] == PNG_MAGIC
-    assert not list((workdir / "resources").glob("*.tmp"))  # written under a temporary name, then renamed
+    assert not list((workdir / "resources").glob("*.tmp*"))  # written under a temporary name, then renamed
     if name == "compare":  # the same table as markdown, with a spread over the two trials
         table = (workdir / "resources" / "compare.md").read_text()
         assert table in output + "\n" and table.startswith(header)
