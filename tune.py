@@ -64,6 +64,12 @@ import train
 from model import N_CLASSES, conv_bn_relu, conv_kernel, flatten, he_normal, max_pool
 from tools import batch_norm_variables, batch_normalize, dropout
 
+# The project's default, model.DigitNet trained by run.py's recipe, as a trial draws it. A new study trains it
+# first, so that the results show what the search found beside the default, trained the same way.
+DEFAULT_TRIAL = {"conv_layers": 3, "filters_1": 32, "kernel_size_1": 5, "filters_2": 64, "kernel_size_2": 3,
+                 "filters_3": 128, "kernel_size_3": 3, "dense_layers": 1, "units_1": 128,
+                 "dropout_rate": run.dropout_rate, "optimizer": "adam", "learning_rate_adam": run.learning_rate,
+                 "batch_size": run.batch_size}
 AUGMENTATION = dict(max_rotation_degrees=run.max_rotation_degrees, max_shift_fraction=run.max_shift_fraction,
                     max_zoom_fraction=run.max_zoom_fraction)
 
@@ -186,12 +192,15 @@ def load_params(path):
 # ---- the search ----
 
 def open_study(storage_url, name, prune_after):
-    """The study `name` in the storage, created if new. The sampler's seed counts the trials already there, so
-    that a resumed search goes on to new networks instead of drawing the first ones again."""
+    """The study `name` in the storage, created if new, with DEFAULT_TRIAL as its first trial. The sampler's seed
+    counts the trials already there, so that a resumed search goes on to new networks instead of drawing the
+    first ones again."""
     if storage_url.startswith("sqlite:///"):  # SQLite makes the file but not its directory
         os.makedirs(os.path.dirname(storage_url.removeprefix("sqlite:///")) or ".", exist_ok=True)
     study = optuna.create_study(storage=storage_url, study_name=name, direction="maximize", load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after))
+    if not study.trials:
+        study.enqueue_trial(DEFAULT_TRIAL)
     study.sampler = optuna.samplers.TPESampler(seed=run.seed + len(study.trials))
     return study
 
@@ -312,6 +321,16 @@ def plot_accuracies(finished, path):
     return report.save_figure(figure, path)
 
 
+def default_sentence(trials, finished):
+    """Where the project's default (DEFAULT_TRIAL) came, if the study trained it."""
+    default = next((t for t in trials if t.params == DEFAULT_TRIAL), None)
+    if default is None or default.state != TrialState.COMPLETE:
+        return "The default network and recipe did not finish in this study."
+    rank = [t.number for t in finished].index(default.number) + 1
+    return (f"The default, DigitNet with run.py's recipe, is trial {default.number}: {100 * default.value:.2f}%, "
+            f"{rank} of {len(finished)} finished trials.")
+
+
 def write_results(study, resources_dir=RESOURCES_DIR, model_dir=MODEL_DIR):
     """The best and worst 10 finished trials as tables (printed and in tuning.md), the two pictures, and the
     best trial's params in best_params.json; -> the best params, or None before any trial has finished."""
@@ -328,7 +347,8 @@ def write_results(study, resources_dir=RESOURCES_DIR, model_dir=MODEL_DIR):
             f"({out_of_time} of them at the time limit), {states[TrialState.FAIL]} failed, "
             f"{states[TrialState.RUNNING]} running. Settings: {json.dumps(study.user_attrs.get('settings'))}.\n"
             f"The best, trial {best.number}, reached {100 * best.value:.2f}% validation accuracy; its params are in "
-            f"{model_dir}/best_params.json (`python run.py --params {model_dir}/best_params.json` trains it).\n\n"
+            f"{model_dir}/best_params.json (`python run.py --params {model_dir}/best_params.json` trains it).\n"
+            f"{default_sentence(trials, finished)}\n\n"
             f"## The best {min(10, len(finished))}\n\n{markdown_table(finished[:10])}\n\n"
             f"## The worst {min(10, len(finished))}\n\n{markdown_table(finished[::-1][:10])}\n")
     print(text)

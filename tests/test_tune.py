@@ -13,6 +13,7 @@ import data
 import run
 import train
 import tune
+from model import DigitNet, count_parameters
 
 # The smallest network and a recipe that learns, as the flat names a trial draws (what enqueue_trial takes).
 SMALL = {"conv_layers": 2, "filters_1": 32, "kernel_size_1": 3, "filters_2": 32, "kernel_size_2": 3,
@@ -41,8 +42,10 @@ def split(real_digits, n_rows):
 
 @contextlib.contextmanager
 def smallest_networks():
-    """The search space cut down to its cheapest networks: the tests that use it are about the study."""
+    """The search space cut down to its cheapest networks, the first trial one of them: the tests that use it
+    are about the study."""
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tune, "DEFAULT_TRIAL", SMALL)
         patch.setattr(tune, "FILTERS", (32,))
         patch.setattr(tune, "KERNEL_SIZES", (3,))
         patch.setattr(tune, "UNITS", (64, 128))
@@ -71,6 +74,19 @@ def test_the_smallest_and_the_largest_corner_build_networks_that_learn(real_digi
         batch_loss = loss()
     stepper.apply_gradients(tape.gradient(batch_loss, network.trainable_variables))
     assert float(loss()) < before
+
+
+def test_a_new_study_first_trains_the_default_network_and_recipe(tmp_path, real_digits):
+    storage = f"sqlite:///{tmp_path}/tuning.db"
+    tune.search(tune.open_study(storage, "new", prune_after=5), split(real_digits, 300), n_trials=1, timeout=0,
+                epochs=1, patience=1)
+    (first,) = optuna.load_study(study_name="new", storage=storage).trials
+    params = first.user_attrs["params"]
+    assert count_parameters(tune.build_network(params, seed=0)) == count_parameters(DigitNet())
+    assert tune.layers(params) == ("5x5/32 3x3/64 3x3/128", "128")
+    assert (params["dropout_rate"], tune.training_arguments(params)) == (
+        run.dropout_rate, dict(optimizer="adam", learning_rate=run.learning_rate, batch_size=run.batch_size))
+    assert len(tune.open_study(storage, "new", prune_after=5).trials) == 1  # reopened: not queued again
 
 
 # ---- the study: resumed, pruned, stopped in time ----
@@ -113,10 +129,11 @@ def test_a_study_run_with_other_settings_is_refused(two_sessions, capsys):
 def pruned_study(tmp_path_factory, real_digits):
     """Three fixed trials of two epochs: a good network, the same one at a learning rate that makes it diverge,
     and the good one again. Pruning starts after one finished trial."""
-    study = tune.open_study(f"sqlite:///{tmp_path_factory.mktemp('prune')}/tuning.db", "pruning", prune_after=1)
+    with smallest_networks():  # a new study's first trial is SMALL
+        study = tune.open_study(f"sqlite:///{tmp_path_factory.mktemp('prune')}/tuning.db", "pruning", prune_after=1)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Fixed parameter .* out of range")  # on purpose: far above the space
-        for params in [SMALL, {**SMALL, "learning_rate_adam": 100.0}, SMALL]:
+        for params in [{**SMALL, "learning_rate_adam": 100.0}, SMALL]:
             study.enqueue_trial(params)
         tune.search(study, split(real_digits, 300), n_trials=3, timeout=0, epochs=2, patience=2)
     return study.trials
@@ -136,8 +153,8 @@ def test_a_pruned_trial_leaves_the_next_one_unaffected(pruned_study):
 
 
 def test_a_trial_still_training_at_the_deadline_is_stopped_there(tmp_path, real_digits):
-    study = tune.open_study(f"sqlite:///{tmp_path}/tuning.db", "deadline", prune_after=0)
-    study.enqueue_trial(SMALL)
+    with smallest_networks():  # a new study's first trial is SMALL
+        study = tune.open_study(f"sqlite:///{tmp_path}/tuning.db", "deadline", prune_after=0)
     deadline = time.time()  # already passed: the trial should stop after its first step
     study.optimize(lambda trial: tune.run_trial(trial, split(real_digits, 300), 2, 2, deadline), n_trials=1)
     (trial,) = study.trials
@@ -196,6 +213,7 @@ def test_the_results_are_written_as_tables_pictures_and_the_best_params(two_sess
     table = (workdir / "resources" / "tuning.md").read_text()
     assert "## The best 3" in table and "## The worst 3" in table
     assert f"| {best.number} | {100 * best.value:.2f}% |" in table
+    assert "The default, DigitNet with run.py's recipe, is trial 0:" in table
     for picture in ["tuning_history.png", "tuning_accuracies.png"]:
         assert (workdir / "resources" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert tune.load_params(workdir / "model" / "best_params.json") == best.user_attrs["params"]
