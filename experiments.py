@@ -1,6 +1,7 @@
 """The original write-ups' experiments, rebuilt on this project's networks (model.MODELS) and training loop.
 
     python experiments.py compare --trials 3   # every network: validation accuracy over seeds, size, speed
+    python experiments.py compare --models mlp,cnn_small   # only these
     python experiments.py shift                # digits at random places on a 48x48 canvas: MLP against CNN
     python experiments.py batch_size           # accuracy and wall time against batch size
     python experiments.py sanity               # K random validation digits beside the chance of all K right
@@ -82,6 +83,8 @@ def compare(split, settings):
     standard deviation of its best validation accuracy, beside its size, cost and speed."""
     results = []
     for name, parameters, flops in describe_models():
+        if name not in settings.models:
+            continue
         accuracies, seconds = [], []
         for trial in range(settings.trials):
             _, history = fit(name, split, settings, settings.seed + trial)
@@ -107,7 +110,8 @@ def compare(split, settings):
                       ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
     axis.set_ylim(max(0, min(means) - 5), 100)
     axis.set_ylabel("validation accuracy % (mean ± std over seeds)")
-    axis.set_title(f"{settings.trials} seed(s) each, {len(split[1])} training digits (labels: parameters)")
+    capped = f", at most {settings.max_epochs} epochs" if settings.max_epochs else ""
+    axis.set_title(f"{settings.trials} seed(s) each, {len(split[1])} training digits{capped} (labels: parameters)")
     axis.tick_params(axis="x", rotation=20)
     save_figure(figure, "compare.png")
 
@@ -254,6 +258,14 @@ def sanity(split, settings):
 EXPERIMENTS = {"compare": compare, "shift": shift, "batch_size": batch_size, "sanity": sanity}
 
 
+def model_names(text):
+    names = text.split(",")
+    for name in names:
+        if name not in MODELS:
+            raise argparse.ArgumentTypeError(f"unknown network {name!r}; the networks are {', '.join(MODELS)}")
+    return names
+
+
 def parse_settings(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=EXPERIMENTS)
@@ -262,6 +274,8 @@ def parse_settings(argv):
     parser.add_argument("--trials", type=int, help="compare: seeds per network (default: 3, quick: 1)")
     parser.add_argument("--rows", type=int, help="use only the first ROWS rows of train.csv (default: all)")
     parser.add_argument("--max_epochs", type=int, help="cap every recipe's epochs at this (default: no cap)")
+    parser.add_argument("--models", type=model_names, default=list(MODELS),
+                        help="compare: the networks, comma-separated (default: all)")
     parser.add_argument("--model", choices=MODELS, default="cnn_small", help="batch_size, sanity: the network")
     parser.add_argument("--digits", type=int, default=16, help="sanity: how many digits to draw (default: 16)")
     parser.add_argument("--seed", type=int, default=42)
