@@ -22,6 +22,7 @@ ensemble = 1                     # train this many networks (seeds seed, seed+1,
 tta = False                      # test-time augmentation: also average over the digit shifted by one pixel
 resume = False                   # go on from model/latest where an interrupted run stopped (same settings)
 deterministic = False            # TensorFlow's deterministic ops: two runs give bit-identical weights
+devices = ""                     # "": every GPU there is (else the CPU); or a list, "GPU:0,GPU:1" (see README)
 SHOW_INCORRECT = False           # also list every misclassified validation digit (the report pictures them)
 train = ""                       # train.csv path; default: ./train.csv(.gz), else the shipped copy
 test = ""                        # test.csv path; likewise
@@ -30,6 +31,7 @@ CONFIG_NAMES = [name for name in list(globals()) if not name.startswith("_")]
 DEFAULTS = {name: globals()[name] for name in CONFIG_NAMES}
 import json
 import os
+import re
 import sys
 import time
 from datetime import datetime
@@ -60,6 +62,9 @@ def parse_flags(argv):
     for name, (low, high, meaning) in VALID_RANGES.items():
         if not low <= getattr(args, name) <= high:
             parser.error(f"--{name.lower()} {getattr(args, name)}: must be {meaning}")
+    for name in filter(None, args.devices.split(",")):
+        if not re.fullmatch(r"(CPU|GPU):\d+", name.strip().upper()):
+            parser.error(f"--devices {args.devices}: {name.strip()!r} is not a device name like GPU:0 or CPU:0")
     if args.params and args.model != DEFAULTS["model"]:
         parser.error("--params and --model: choose one (a params file names its own network)")
     return args
@@ -100,12 +105,20 @@ def main(argv=None):
     print(f"data: {len(train_labels)} training and {len(val_labels)} validation digits from {train_path}, "
           f"{len(test_images)} test digits from {test_path}")
 
+    try:
+        strategy = distribution_strategy(config.devices)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if strategy.num_replicas_in_sync > 1:
+        print(f"devices: {strategy.num_replicas_in_sync} replicas, each batch split between them")
     if config.deterministic:
         import tensorflow as tf
         tf.config.experimental.enable_op_determinism()
     run_name = datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
-        members, history = train_members(config, run_name, train_images, train_labels, val_images, val_labels)
+        members, history = train_members(config, strategy, run_name, train_images, train_labels, val_images,
+                                         val_labels)
     except TrainingInterrupted as stop:
         again = " ".join(["python", "run.py", *[arg for arg in sys.argv[1:] if arg != "--resume"], "--resume"])
         print(f"stopped: {stop}\nto go on where it stopped: {again}", file=sys.stderr)
@@ -143,7 +156,31 @@ def main(argv=None):
     return 0
 
 
-def train_members(config, run_name, train_images, train_labels, val_images, val_labels):
+def distribution_strategy(devices):
+    """How training spreads over devices (--devices): tf.distribute.MirroredStrategy over the named devices, or
+    over every GPU when none is named, keeps a copy of the network on each and splits each batch between them;
+    with one device, or none but the CPU, TensorFlow's default. Naming several CPUs ("CPU:0,CPU:1") splits the
+    processor into that many logical devices: how the tests try several devices on a machine without GPUs.
+    -> the strategy; ValueError for a device that is not there."""
+    import tensorflow as tf
+
+    names = [name.strip().upper() for name in devices.split(",") if name.strip()]
+    if not names:
+        names = [f"GPU:{index}" for index in range(len(tf.config.list_physical_devices("GPU")))]
+    n_cpus = sum(name.startswith("CPU:") for name in names)
+    if n_cpus > 1:  # must come before TensorFlow sets up its devices, so before anything runs
+        tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                                   [tf.config.LogicalDeviceConfiguration()] * n_cpus)
+    available = [device.name.removeprefix("/device:") for device in tf.config.list_logical_devices()]
+    for name in names:
+        if name not in available:
+            raise ValueError(f"--devices {devices}: there is no {name} here; the devices are {', '.join(available)}")
+    if len(names) > 1:
+        return tf.distribute.MirroredStrategy(names)
+    return tf.distribute.OneDeviceStrategy(names[0]) if names else tf.distribute.get_strategy()
+
+
+def train_members(config, strategy, run_name, train_images, train_labels, val_images, val_labels):
     """Train the network, or each member of the ensemble. -> (the networks, the last trained one's history)."""
     members, history = [], None
     for member in range(1, config.ensemble + 1):
@@ -153,25 +190,28 @@ def train_members(config, run_name, train_images, train_labels, val_images, val_
         member_log_dir = f"{LOG_DIR}/{run_name}" + ("" if config.ensemble == 1 else f"/member-{member}")
         if config.ensemble > 1:
             print(f"ensemble member {member}/{config.ensemble}")
-        model, member_history = train_or_reuse_member(config, config.seed + member - 1, member_dir, member_log_dir,
-                                                      train_images, train_labels, val_images, val_labels)
+        model, member_history = train_or_reuse_member(config, strategy, config.seed + member - 1, member_dir,
+                                                      member_log_dir, train_images, train_labels, val_images,
+                                                      val_labels)
         members.append(model)
         history = member_history or history
     return members, history
 
 
-def train_or_reuse_member(config, member_seed, member_dir, log_dir, train_images, train_labels, val_images, val_labels):
+def train_or_reuse_member(config, strategy, member_seed, member_dir, log_dir, train_images, train_labels, val_images,
+                          val_labels):
     """Train one network, or, for an ensemble member finished by an earlier run with the same settings,
     restore it from its best checkpoint. -> (model, history or None when reused)."""
     import tensorflow as tf
     from train import CheckpointMismatch, train as train_model
 
     settings = {name: getattr(config, name) for name in CONFIG_NAMES
-                if name not in ("ensemble", "tta", "resume", "deterministic", "SHOW_INCORRECT")}
+                if name not in ("ensemble", "tta", "resume", "deterministic", "devices", "SHOW_INCORRECT")}
     settings.update(member_seed=member_seed, n_train=len(train_labels), train_labels_sum=int(train_labels.sum()))
     finished_marker = f"{member_dir}/finished.json"
     tf.random.set_seed(member_seed)
-    model, recipe = network_and_recipe(config, member_seed)
+    with strategy.scope():  # the network's variables: a copy on each device
+        model, recipe = network_and_recipe(config, member_seed)
     if config.ensemble > 1 and read_json(finished_marker) == settings:
         tf.train.Checkpoint(model=model).read(tf.train.latest_checkpoint(f"{member_dir}/best")).expect_partial()
         print(f"  reusing the finished member in {member_dir}")
@@ -184,7 +224,8 @@ def train_or_reuse_member(config, member_seed, member_dir, log_dir, train_images
     os.makedirs(member_dir, exist_ok=True)
     write_json(settings_file, settings)
     history = train_model(model, train_images, train_labels, val_images, val_labels, seed=member_seed,
-                          checkpoint_dir=member_dir, log_dir=log_dir, resume=config.resume, **recipe)
+                          checkpoint_dir=member_dir, log_dir=log_dir, resume=config.resume, strategy=strategy,
+                          **recipe)
     write_json(finished_marker, settings)
     return model, history
 

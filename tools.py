@@ -16,8 +16,11 @@ def batch_norm_variables(n_channels: int) -> dict[str, tf.Variable]:
     return {
         "scale": tf.Variable(tf.ones([n_channels]), name="scale"),
         "offset": tf.Variable(tf.zeros([n_channels]), name="offset"),
-        "moving_mean": tf.Variable(tf.zeros([n_channels]), trainable=False, name="moving_mean"),
-        "moving_variance": tf.Variable(tf.ones([n_channels]), trainable=False, name="moving_variance"),
+        # Every replica of a tf.distribute run computes the same (synchronised) statistics: MEAN lets each write.
+        "moving_mean": tf.Variable(tf.zeros([n_channels]), trainable=False, name="moving_mean",
+                                   aggregation=tf.VariableAggregation.MEAN),
+        "moving_variance": tf.Variable(tf.ones([n_channels]), trainable=False, name="moving_variance",
+                                       aggregation=tf.VariableAggregation.MEAN),
     }
 
 
@@ -28,12 +31,24 @@ def batch_normalize(x, bn: dict, training: bool, momentum=0.99, epsilon=1e-3):
 
     training: mean and (biased) var of this batch, and moving = momentum * moving + (1 - momentum) * batch,
     exactly Keras' BatchNormalization rule. Inference: mean and var are the moving statistics.
+    Under tf.distribute with several replicas, "this batch" is the global batch: each replica's sums are added
+    across replicas (synchronised batch norm, Keras' SyncBatchNormalization), so that N devices compute what one
+    device would on the whole batch, gradients included (the gradient of an all-reduce sum is one too).
     `training` is a Python bool: the caller traces one graph per mode.
     """
     if training:
         axes = list(range(len(x.shape) - 1))
-        mean = tf.reduce_mean(x, axes)
-        variance = tf.reduce_mean(tf.square(x - mean), axes)
+        replicas = tf.distribute.get_replica_context()
+        if replicas is not None and replicas.num_replicas_in_sync > 1:
+            def global_sum(value):
+                return replicas.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+            count = global_sum(tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), x.dtype))
+            mean = global_sum(tf.reduce_sum(x, axes)) / count
+            variance = global_sum(tf.reduce_sum(tf.square(x - mean), axes)) / count
+        else:
+            mean = tf.reduce_mean(x, axes)
+            variance = tf.reduce_mean(tf.square(x - mean), axes)
         bn["moving_mean"].assign(bn["moving_mean"] * momentum + mean * (1.0 - momentum))
         bn["moving_variance"].assign(bn["moving_variance"] * momentum + variance * (1.0 - momentum))
     else:

@@ -19,16 +19,20 @@ EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
 
 
-def cross_entropy(logits, labels, label_smoothing=0.0, class_weights=None):
+def cross_entropy(logits, labels, label_smoothing=0.0, class_weights=None, global_batch_size=None):
     """Mean softmax cross-entropy against one-hot targets smoothed towards uniform:
     target = (1 - s) * one_hot + s / n_classes.
-    With class_weights w [n_classes]: mean_i w[label_i] * loss_i instead (Keras' class_weight)."""
+    With class_weights w [n_classes]: mean_i w[label_i] * loss_i instead (Keras' class_weight).
+    With global_batch_size, for a replica holding part of the batch: sum_i loss_i / global_batch_size, so that
+    the replicas' losses (and gradients) add up to the global batch's mean."""
     n_classes = logits.shape[-1]
     targets = tf.one_hot(labels, n_classes) * (1.0 - label_smoothing) + label_smoothing / n_classes
     losses = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
     if class_weights is not None:
         losses *= tf.gather(class_weights, labels)
-    return tf.reduce_mean(losses)
+    if global_batch_size is None:
+        return tf.reduce_mean(losses)
+    return tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
 
 
 def balanced_class_weights(labels, n_classes=10):
@@ -106,7 +110,7 @@ class ProgressBar:
 def train(model, train_images, train_labels, val_images, val_labels, *, max_n_epochs, patience, batch_size,
           learning_rate, seed, label_smoothing=0.0, augmentation=None, optimizer="adam", schedule="one_cycle",
           plateau_patience=4, plateau_factor=0.1, class_weights=None, weight_penalty=None,
-          checkpoint_dir=None, log_dir=None, resume=False, after_step=None, verbose=True):
+          checkpoint_dir=None, log_dir=None, resume=False, after_step=None, strategy=None, verbose=True):
     """Train `model` in place and restore its best epoch (by validation accuracy, then loss).
 
     augmentation: keyword arguments for tools.data_augmentation, or None for none.
@@ -119,44 +123,62 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
     Ctrl-C or SIGTERM ends the current step, saves 'latest' and raises TrainingInterrupted; a loss that is not
     finite raises TrainingDiverged; a 'latest' that does not fit the network raises CheckpointMismatch.
     after_step(step, training_seconds): called after every step (benchmarks evaluate from it).
+    strategy: a tf.distribute.Strategy whose replicas share each batch (the model must have been built in its
+    scope); None: TensorFlow's default, one device.
     Returns the history: a list of one dict per epoch.
     """
+    strategy = strategy or tf.distribute.get_strategy()
+    n_replicas = strategy.num_replicas_in_sync
+    if n_replicas > 1 and not strategy.extended.variable_created_in_scope(model.trainable_variables[0]):
+        raise ValueError("train(strategy=...) needs a model built under strategy.scope()")
     n_train = len(train_images)
     steps_per_epoch = math.ceil(n_train / batch_size)
     total_steps = steps_per_epoch * max_n_epochs
-    optimizer = OPTIMIZERS[optimizer](model.trainable_variables, learning_rate=learning_rate)
     plateau = Plateau(plateau_patience, plateau_factor)
     if isinstance(class_weights, str) and class_weights == "balanced":
         class_weights = balanced_class_weights(train_labels)
     if class_weights is not None:
         class_weights = tf.constant(class_weights, tf.float32)
-    rng = tf.random.Generator.from_seed(seed)
     images = tf.constant(train_images)
     labels = tf.constant(train_labels)
+    # Everything a resumed run needs to go on exactly where this one stopped: the weights, the optimiser's
+    # slots, the random stream of augmentation and dropout, the best epoch's weights and the loop's own
+    # counters (`progress`, kept as JSON). The data order needs no saving: it is a function of (seed, epoch).
+    with strategy.scope():  # a copy of each variable on every replica's device
+        optimizer = OPTIMIZERS[optimizer](model.trainable_variables, learning_rate=learning_rate)
+        rng = tf.random.Generator.from_seed(seed)
+        best_weights = [tf.Variable(variable, trainable=False) for variable in model.variables]
+        progress_text = tf.Variable("", dtype=tf.string, trainable=False)
+
+    def replica_step(batch_images, batch_labels):
+        """One replica's consecutive share of the global batch -> its part of the loss, of the gradients (whose
+        sums over the replicas are the global batch's) and of the count of correct answers."""
+        global_batch_size = tf.shape(batch_labels)[0]
+        share = (global_batch_size + n_replicas - 1) // n_replicas
+        start = tf.distribute.get_replica_context().replica_id_in_sync_group * share
+        batch_images, batch_labels = batch_images[start:start + share], batch_labels[start:start + share]
+        with tf.GradientTape() as tape:
+            logits = model(batch_images, training=True, rng=rng)  # dropout: each replica its own random stream
+            loss = cross_entropy(logits, batch_labels, label_smoothing, class_weights, global_batch_size)
+            if weight_penalty:  # counted once over the replicas, not once on each
+                loss += tf.nn.scale_regularization_loss(kernel_penalty(model.trainable_variables, *weight_penalty))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), batch_labels), tf.float32))
+        return loss, tape.gradient(loss, model.trainable_variables), correct
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
     def train_step(batch_indices):
         batch_images = tf.gather(images, batch_indices)
         batch_labels = tf.gather(labels, batch_indices)
-        if augmentation:
+        if augmentation:  # on the global batch, so that its random draws do not depend on the number of replicas
             batch_images = data_augmentation(batch_images, rng, **augmentation)
-        with tf.GradientTape() as tape:
-            logits = model(batch_images, training=True, rng=rng)
-            loss = cross_entropy(logits, batch_labels, label_smoothing, class_weights)
-            if weight_penalty:
-                loss += kernel_penalty(model.trainable_variables, *weight_penalty)
-        gradients = tape.gradient(loss, model.trainable_variables)
+        loss, gradients, correct = strategy.run(replica_step, args=(batch_images, batch_labels))
+        loss, correct, *gradients = [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                                     for value in [loss, correct, *gradients]]
         if schedule == "one_cycle":
             optimizer.learning_rate.assign(one_cycle_learning_rate(optimizer.iterations, total_steps, learning_rate))
-        optimizer.apply_gradients(gradients)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), batch_labels), tf.float32))
+        optimizer.apply_gradients(gradients)  # once, on the summed gradients: every replica's copy moves alike
         return loss, correct
 
-    # Everything a resumed run needs to go on exactly where this one stopped: the weights, the optimiser's
-    # slots, the random stream of augmentation and dropout, the best epoch's weights and the loop's own
-    # counters (`progress`, kept as JSON). The data order needs no saving: it is a function of (seed, epoch).
-    best_weights = [tf.Variable(variable, trainable=False) for variable in model.variables]
-    progress_text = tf.Variable("", dtype=tf.string, trainable=False)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng=rng, best_weights=best_weights,
                                      progress=progress_text)
     latest = best = None

@@ -112,6 +112,7 @@ def test_help_lists_every_setting_with_its_default(tmp_path):
     (["--batch_size", "many"], "--batch_size: invalid int value: 'many'"),
     (["--dropout_rate", "1.5"], "--dropout_rate 1.5: must be in [0, 1)"),
     (["--percent_data_for_training", "0"], "--percent_data_for_training 0: must be in [1, 100]"),
+    (["--devices", "GPU:0,gpu1"], "--devices GPU:0,gpu1: 'gpu1' is not a device name like GPU:0 or CPU:0"),
 ])
 def test_bad_flags_are_refused_with_exit_code_2(tmp_path, args, message):
     result = run(args, cwd=tmp_path)
