@@ -82,3 +82,17 @@ def test_an_unknown_experiment_is_refused_with_the_choices(tmp_path):
     assert result.returncode == 2
     (error,) = [line for line in result.stderr.splitlines() if "invalid choice: 'tuning'" in line]
     assert all(name in error for name in experiments.EXPERIMENTS)
+
+
+def test_compare_trains_only_the_networks_given_with_models(workdir, capsys):
+    assert experiments.main(["compare", "--quick", "--max_epochs", "1", "--rows", "200", "--models",
+                             "mlp,cnn_small"]) == 0
+    assert table_rows(capsys.readouterr().out, EXPECTED["compare"][0].replace("mean of 2", "mean of 1")) == [
+        "mlp", "cnn_small"]
+
+
+def test_an_unknown_network_in_models_is_refused_naming_it(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        experiments.parse_settings(["compare", "--models", "mlp,resnet"])
+    assert exit_info.value.code == 2
+    assert "unknown network 'resnet'" in capsys.readouterr().err
