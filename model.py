@@ -15,6 +15,12 @@ from tools import batch_norm_variables, batch_normalize, dropout
 N_CLASSES = 10
 
 
+def weight(variable, x):
+    """The variable in x's dtype: under mixed precision the layers compute in float16 or bfloat16, while the
+    variables, and the optimiser's updates to them, stay float32. A no-op for float32."""
+    return tf.cast(variable, x.dtype)
+
+
 def he_normal(rng, shape, fan_in):
     """Weights ~ N(0, 2 / fan_in): keeps the variance of ReLU activations constant from layer to layer."""
     return tf.Variable(rng.normal(shape) * math.sqrt(2.0 / fan_in))
@@ -26,7 +32,7 @@ def conv_kernel(rng, size, in_channels, out_channels):
 
 def conv_bn_relu(x, kernel, bn, training):
     """3x3/5x5 'same' convolution, then batch norm (which makes a conv bias redundant), then ReLU."""
-    x = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+    x = tf.nn.conv2d(x, weight(kernel, x), strides=1, padding="SAME")
     return tf.nn.relu(batch_normalize(x, bn, training))
 
 
@@ -60,9 +66,9 @@ class DigitNet(tf.Module):
         x = max_pool(conv_bn_relu(x, self.conv2, self.bn2, training))
         x = max_pool(conv_bn_relu(x, self.conv3, self.bn3, training))
         x = tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])
-        x = tf.nn.relu(batch_normalize(x @ self.dense1, self.bn4, training))
+        x = tf.nn.relu(batch_normalize(x @ weight(self.dense1, x), self.bn4, training))
         x = dropout(x, self.dropout_rate, rng, training)
-        return x @ self.dense2 + self.bias2
+        return x @ weight(self.dense2, x) + weight(self.bias2, x)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -83,11 +89,12 @@ def with_bias(kernel):
 
 def conv_relu(x, layer, padding="VALID"):
     """Convolution plus bias, then ReLU. 'VALID' (Keras' default) shrinks the map by kernel size - 1."""
-    return tf.nn.relu(tf.nn.conv2d(x, layer["kernel"], strides=1, padding=padding) + layer["bias"])
+    x = tf.nn.conv2d(x, weight(layer["kernel"], x), strides=1, padding=padding)
+    return tf.nn.relu(x + weight(layer["bias"], x))
 
 
 def dense(x, layer):
-    return x @ layer["kernel"] + layer["bias"]
+    return x @ weight(layer["kernel"], x) + weight(layer["bias"], x)
 
 
 def flatten(x):
@@ -195,7 +202,8 @@ class CNNBNDeep(tf.Module):
         x = max_pool(conv_bn_relu(x, self.conv2, self.bn2, training))
         x = conv_bn_relu(x, self.conv3, self.bn3, training)
         x = max_pool(conv_bn_relu(x, self.conv4, self.bn4, training))
-        x = tf.nn.relu(batch_normalize(flatten(x) @ self.fc1, self.bn5, training))
+        x = flatten(x)
+        x = tf.nn.relu(batch_normalize(x @ weight(self.fc1, x), self.bn5, training))
         x = dropout(x, self.dropout_rate, rng, training)
         return dense(x, self.fc2)
 

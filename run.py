@@ -23,6 +23,7 @@ tta = False                      # test-time augmentation: also average over the
 resume = False                   # go on from model/latest where an interrupted run stopped (same settings)
 deterministic = False            # TensorFlow's deterministic ops: two runs give bit-identical weights
 devices = ""                     # "": every GPU there is (else the CPU); or a list, "GPU:0,GPU:1" (see README)
+mixed_precision = False          # layers compute in float16 (bfloat16 without a GPU); weights stay float32
 SHOW_INCORRECT = False           # also list every misclassified validation digit (the report pictures them)
 train = ""                       # train.csv path; default: ./train.csv(.gz), else the shipped copy
 test = ""                        # test.csv path; likewise
@@ -110,15 +111,19 @@ def main(argv=None):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    import tensorflow as tf
     if strategy.num_replicas_in_sync > 1:
         print(f"devices: {strategy.num_replicas_in_sync} replicas, each batch split between them")
+    compute_dtype = "float32"
+    if config.mixed_precision:  # float16 needs a GPU's tensor cores to pay; recent CPUs have bfloat16 units
+        compute_dtype = "float16" if tf.config.list_physical_devices("GPU") else "bfloat16"
+        print(f"mixed precision: the layers compute in {compute_dtype}, the weights stay float32")
     if config.deterministic:
-        import tensorflow as tf
         tf.config.experimental.enable_op_determinism()
     run_name = datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
-        members, history = train_members(config, strategy, run_name, train_images, train_labels, val_images,
-                                         val_labels)
+        members, history = train_members(config, strategy, compute_dtype, run_name, train_images, train_labels,
+                                         val_images, val_labels)
     except TrainingInterrupted as stop:
         again = " ".join(["python", "run.py", *[arg for arg in sys.argv[1:] if arg != "--resume"], "--resume"])
         print(f"stopped: {stop}\nto go on where it stopped: {again}", file=sys.stderr)
@@ -164,6 +169,8 @@ def distribution_strategy(devices):
     -> the strategy; ValueError for a device that is not there."""
     import tensorflow as tf
 
+    if "TF_CONFIG" in os.environ:  # one run.py on each machine, as TF_CONFIG describes (see README)
+        return tf.distribute.MultiWorkerMirroredStrategy()
     names = [name.strip().upper() for name in devices.split(",") if name.strip()]
     if not names:
         names = [f"GPU:{index}" for index in range(len(tf.config.list_physical_devices("GPU")))]
@@ -180,7 +187,7 @@ def distribution_strategy(devices):
     return tf.distribute.OneDeviceStrategy(names[0]) if names else tf.distribute.get_strategy()
 
 
-def train_members(config, strategy, run_name, train_images, train_labels, val_images, val_labels):
+def train_members(config, strategy, compute_dtype, run_name, train_images, train_labels, val_images, val_labels):
     """Train the network, or each member of the ensemble. -> (the networks, the last trained one's history)."""
     members, history = [], None
     for member in range(1, config.ensemble + 1):
@@ -190,16 +197,16 @@ def train_members(config, strategy, run_name, train_images, train_labels, val_im
         member_log_dir = f"{LOG_DIR}/{run_name}" + ("" if config.ensemble == 1 else f"/member-{member}")
         if config.ensemble > 1:
             print(f"ensemble member {member}/{config.ensemble}")
-        model, member_history = train_or_reuse_member(config, strategy, config.seed + member - 1, member_dir,
-                                                      member_log_dir, train_images, train_labels, val_images,
-                                                      val_labels)
+        model, member_history = train_or_reuse_member(config, strategy, compute_dtype, config.seed + member - 1,
+                                                      member_dir, member_log_dir, train_images, train_labels,
+                                                      val_images, val_labels)
         members.append(model)
         history = member_history or history
     return members, history
 
 
-def train_or_reuse_member(config, strategy, member_seed, member_dir, log_dir, train_images, train_labels, val_images,
-                          val_labels):
+def train_or_reuse_member(config, strategy, compute_dtype, member_seed, member_dir, log_dir, train_images,
+                          train_labels, val_images, val_labels):
     """Train one network, or, for an ensemble member finished by an earlier run with the same settings,
     restore it from its best checkpoint. -> (model, history or None when reused)."""
     import tensorflow as tf
@@ -225,7 +232,7 @@ def train_or_reuse_member(config, strategy, member_seed, member_dir, log_dir, tr
     write_json(settings_file, settings)
     history = train_model(model, train_images, train_labels, val_images, val_labels, seed=member_seed,
                           checkpoint_dir=member_dir, log_dir=log_dir, resume=config.resume, strategy=strategy,
-                          **recipe)
+                          compute_dtype=compute_dtype, **recipe)
     write_json(finished_marker, settings)
     return model, history
 

@@ -34,8 +34,11 @@ def batch_normalize(x, bn: dict, training: bool, momentum=0.99, epsilon=1e-3):
     Under tf.distribute with several replicas, "this batch" is the global batch: each replica's sums are added
     across replicas (synchronised batch norm, Keras' SyncBatchNormalization), so that N devices compute what one
     device would on the whole batch, gradients included (the gradient of an all-reduce sum is one too).
+    Under mixed precision x comes in as float16 or bfloat16; the statistics and the normalisation are computed
+    in float32, as Keras does, and only y is cast back.
     `training` is a Python bool: the caller traces one graph per mode.
     """
+    compute_dtype, x = x.dtype, tf.cast(x, tf.float32)
     if training:
         axes = list(range(len(x.shape) - 1))
         replicas = tf.distribute.get_replica_context()
@@ -56,7 +59,7 @@ def batch_normalize(x, bn: dict, training: bool, momentum=0.99, epsilon=1e-3):
     # The same y, folded into one multiply and one add per element: x * m + (offset - mean * m) with
     # m = scale / sqrt(var + epsilon). Per-channel work is tiny; per-element work is what costs.
     multiplier = bn["scale"] * tf.math.rsqrt(variance + epsilon)
-    return x * multiplier + (bn["offset"] - mean * multiplier)
+    return tf.cast(x * multiplier + (bn["offset"] - mean * multiplier), compute_dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -225,6 +228,50 @@ class Nadam(Adam):
             v_hat = v / (1 - tf.pow(self.beta_2, t))
             p.assign_sub(m_hat * self.learning_rate / (tf.sqrt(v_hat) + self.epsilon))
         self.iterations.assign_add(1)
+
+
+class LossScaleOptimizer(tf.Module):
+    """Dynamic loss scaling for float16 training (Micikevicius et al. 2018), as Keras' LossScaleOptimizer does
+    it. float16 flushes values below 6e-8 to zero, and many gradients are that small; so the loss is multiplied
+    by `scale` before differentiating (scale_loss) and the gradients divided by it before the update:
+
+        all gradients finite:  p <- optimizer(p, g / scale);  after growth_steps such steps in a row, scale *= 2
+        otherwise (overflow):  no update;  scale *= 1/2
+
+    so the scale settles just below where the gradients overflow. bfloat16 has float32's range and needs none.
+    """
+
+    def __init__(self, optimizer, initial_scale=2.0**15, growth_steps=2000):
+        super().__init__()
+        self.optimizer, self.growth_steps = optimizer, growth_steps
+        self.scale = tf.Variable(initial_scale, dtype=tf.float32, trainable=False)
+        self.finite_steps = tf.Variable(0, dtype=tf.int64, trainable=False)  # in a row, since the last change
+
+    @property
+    def learning_rate(self):
+        return self.optimizer.learning_rate
+
+    @property
+    def iterations(self):
+        return self.optimizer.iterations
+
+    def scale_loss(self, loss):
+        return loss * self.scale
+
+    def apply_gradients(self, scaled_gradients):
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in scaled_gradients])
+
+        def update():
+            self.optimizer.apply_gradients([g / self.scale for g in scaled_gradients])
+            grow = self.finite_steps == self.growth_steps - 1
+            self.scale.assign(tf.where(grow, self.scale * 2, self.scale))
+            self.finite_steps.assign(tf.where(grow, tf.constant(0, tf.int64), self.finite_steps + 1))
+
+        def back_off():
+            self.scale.assign(self.scale / 2)
+            self.finite_steps.assign(0)
+
+        tf.cond(finite, update, back_off)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from tools import Adadelta, Adam, Nadam, data_augmentation, one_cycle_learning_rate
+from tools import Adadelta, Adam, LossScaleOptimizer, Nadam, data_augmentation, one_cycle_learning_rate
 
 EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
@@ -110,7 +110,8 @@ class ProgressBar:
 def train(model, train_images, train_labels, val_images, val_labels, *, max_n_epochs, patience, batch_size,
           learning_rate, seed, label_smoothing=0.0, augmentation=None, optimizer="adam", schedule="one_cycle",
           plateau_patience=4, plateau_factor=0.1, class_weights=None, weight_penalty=None,
-          checkpoint_dir=None, log_dir=None, resume=False, after_step=None, strategy=None, verbose=True):
+          checkpoint_dir=None, log_dir=None, resume=False, after_step=None, strategy=None, compute_dtype="float32",
+          verbose=True):
     """Train `model` in place and restore its best epoch (by validation accuracy, then loss).
 
     augmentation: keyword arguments for tools.data_augmentation, or None for none.
@@ -125,6 +126,8 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
     after_step(step, training_seconds): called after every step (benchmarks evaluate from it).
     strategy: a tf.distribute.Strategy whose replicas share each batch (the model must have been built in its
     scope); None: TensorFlow's default, one device.
+    compute_dtype: 'float32', or 'float16'/'bfloat16' for mixed precision: the layers compute in it while the
+    weights and their updates stay float32; float16 adds dynamic loss scaling (tools.LossScaleOptimizer).
     Returns the history: a list of one dict per epoch.
     """
     strategy = strategy or tf.distribute.get_strategy()
@@ -146,9 +149,11 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
     # counters (`progress`, kept as JSON). The data order needs no saving: it is a function of (seed, epoch).
     with strategy.scope():  # a copy of each variable on every replica's device
         optimizer = OPTIMIZERS[optimizer](model.trainable_variables, learning_rate=learning_rate)
+        if compute_dtype == "float16":
+            optimizer = LossScaleOptimizer(optimizer)
         rng = tf.random.Generator.from_seed(seed)
         best_weights = [tf.Variable(variable, trainable=False) for variable in model.variables]
-        progress_text = tf.Variable("", dtype=tf.string, trainable=False)
+    progress_text = tf.Variable("", dtype=tf.string, trainable=False)  # the host's alone: replicas never read it
 
     def replica_step(batch_images, batch_labels):
         """One replica's consecutive share of the global batch -> its part of the loss, of the gradients (whose
@@ -158,12 +163,14 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
         start = tf.distribute.get_replica_context().replica_id_in_sync_group * share
         batch_images, batch_labels = batch_images[start:start + share], batch_labels[start:start + share]
         with tf.GradientTape() as tape:
-            logits = model(batch_images, training=True, rng=rng)  # dropout: each replica its own random stream
+            # dropout: each replica its own random stream. The loss is float32 whatever the layers compute in.
+            logits = tf.cast(model(tf.cast(batch_images, compute_dtype), training=True, rng=rng), tf.float32)
             loss = cross_entropy(logits, batch_labels, label_smoothing, class_weights, global_batch_size)
             if weight_penalty:  # counted once over the replicas, not once on each
                 loss += tf.nn.scale_regularization_loss(kernel_penalty(model.trainable_variables, *weight_penalty))
+            differentiated = optimizer.scale_loss(loss) if compute_dtype == "float16" else loss
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), batch_labels), tf.float32))
-        return loss, tape.gradient(loss, model.trainable_variables), correct
+        return loss, tape.gradient(differentiated, model.trainable_variables), correct
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
     def train_step(batch_indices):
@@ -177,6 +184,7 @@ def train(model, train_images, train_labels, val_images, val_labels, *, max_n_ep
         if schedule == "one_cycle":
             optimizer.learning_rate.assign(one_cycle_learning_rate(optimizer.iterations, total_steps, learning_rate))
         optimizer.apply_gradients(gradients)  # once, on the summed gradients: every replica's copy moves alike
+        # (for float16, LossScaleOptimizer unscales them, or skips the step if they overflowed)
         return loss, correct
 
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng=rng, best_weights=best_weights,

@@ -61,7 +61,7 @@ from flags import settings_parser
 import report
 import run  # the default recipe's settings: importing it defines names and nothing more
 import train
-from model import N_CLASSES, conv_bn_relu, conv_kernel, flatten, he_normal, max_pool
+from model import N_CLASSES, conv_bn_relu, conv_kernel, flatten, he_normal, max_pool, weight
 from tools import batch_norm_variables, batch_normalize, dropout
 
 # The project's default, model.DigitNet trained by run.py's recipe, as a trial draws it. A new study trains it
@@ -107,8 +107,9 @@ class TunedCNN(tf.Module):
             x = max_pool(conv_bn_relu(x, kernel, bn, training))
         x = flatten(x)
         for kernel, bn in zip(self.dense_kernels, self.dense_bns):
-            x = dropout(tf.nn.relu(batch_normalize(x @ kernel, bn, training)), self.dropout_rate, rng, training)
-        return x @ self.logits_kernel + self.logits_bias
+            x = dropout(tf.nn.relu(batch_normalize(x @ weight(kernel, x), bn, training)), self.dropout_rate, rng,
+                        training)
+        return x @ weight(self.logits_kernel, x) + weight(self.logits_bias, x)
 
 
 def build_network(params, seed):

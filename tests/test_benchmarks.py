@@ -30,7 +30,7 @@ def test_speed_quick_prints_its_table_and_writes_its_json(tmp_path):
     assert set(results) == {"settings", "machine", "training", "peak", "inference", "peak_memory_mb"}
     rows = {row["name"]: row for row in results["training"]}
     assert list(rows) == ["ours", "Keras fit", "ours, mnist_cnn", "Keras fit, mnist_cnn",
-                          "ours, augmentation on (the default recipe)"]
+                          "ours, augmentation on (the default recipe)", "ours, mixed precision (bfloat16)"]
     for row in rows.values():
         assert set(row) == {"name", "architecture", "images_per_second", "images_per_second_each_round",
                             "ratio_vs_keras", "train_flops_per_image", "gflops_per_second", "percent_of_peak"}

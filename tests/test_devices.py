@@ -1,7 +1,10 @@
-"""Several devices (run.py --devices): tf.distribute.MirroredStrategy over two logical CPUs computes what one
-device computes on the same global batch. TensorFlow fixes its devices when it starts, so the two-device cases
-run in fresh interpreters: tests/two_devices.py, and run.py itself."""
+"""Devices and precision. Several devices (run.py --devices): tf.distribute.MirroredStrategy over two logical
+CPUs computes what one device computes on the same global batch; TensorFlow fixes its devices when it starts, so
+the two-device cases run in fresh interpreters (tests/two_devices.py, and run.py itself). Mixed precision
+(run.py --mixed_precision): the layers compute in float16 or bfloat16 and train as float32 does."""
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import data
+import train
 from conftest import write_rows
+from model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,10 +67,40 @@ def test_run_py_trains_on_two_logical_cpus_and_its_saved_model_serves_on_one(tmp
     assert "devices: 2 replicas" in finished.stdout
     submitted = np.loadtxt(tmp_path / "submission.csv", delimiter=",", skiprows=1, dtype=int)
     serve = tf.saved_model.load(str(tmp_path / "model" / "saved_model")).signatures["serving_default"]
-    import data
     test_images = data.load_test(tmp_path / "test.csv")
     probabilities = serve(images=tf.constant(test_images))["probabilities"].numpy()
     np.testing.assert_array_equal(submitted[:, 1], probabilities.argmax(1))
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for each in sockets:
+        each.bind(("localhost", 0))
+    ports = [each.getsockname()[1] for each in sockets]
+    for each in sockets:
+        each.close()
+    return ports
+
+
+def test_two_workers_described_by_tf_config_train_one_model_together(tmp_path):
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    workers = []
+    for index in range(2):
+        workdir = tmp_path / f"worker-{index}"
+        workdir.mkdir()
+        write_rows("train", 300, workdir / "train.csv")
+        write_rows("test", 40, workdir / "test.csv")
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen([sys.executable, str(REPO / "run.py"), "--max_n_epochs", "1"], cwd=workdir,
+                                        env={**os.environ, "TF_CONFIG": tf_config}, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True))
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    for worker, (stdout, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr
+        assert "devices: 2 replicas" in stdout
+    # each worker took half of every batch, and both ended with the same network
+    first, second = [(tmp_path / f"worker-{index}" / "submission.csv").read_text() for index in range(2)]
+    assert first == second
 
 
 def test_a_device_that_is_not_there_is_refused_in_one_line(tmp_path):
@@ -75,3 +111,48 @@ def test_a_device_that_is_not_there_is_refused_in_one_line(tmp_path):
     error_lines = [line for line in finished.stderr.splitlines() if line.startswith("error:")]
     assert error_lines == [error_lines[0]] and "GPU:3" in error_lines[0] and "CPU:0" in error_lines[0]
     assert not (tmp_path / "submission.csv").exists()
+
+
+# ---- mixed precision ----
+
+@pytest.mark.parametrize("compute_dtype", [tf.float16, tf.bfloat16])
+def test_the_layers_compute_in_the_dtype_of_the_images_they_are_given(real_digits, compute_dtype):
+    model = build_model("digitnet", seed=1)
+    images = tf.constant(real_digits[0][:32])
+    half = model(tf.cast(images, compute_dtype), training=False)
+    assert half.dtype == compute_dtype
+    np.testing.assert_allclose(tf.cast(half, tf.float32), model(images, training=False), atol=0.1)
+
+
+def full_batch_training(real_digits, compute_dtype, n_steps=3):
+    """n_steps steps of train.train, each on all 270 training digits of the first 300 -> (each step's loss, the
+    model)."""
+    images, labels = real_digits
+    split = data.split_train_validation(images[:300], labels[:300], 90, 42)
+    model = build_model("digitnet", dropout_rate=0.0, seed=1)
+    history = train.train(model, *split, max_n_epochs=n_steps, patience=n_steps, batch_size=len(split[1]),
+                          learning_rate=1e-3, seed=3, schedule="constant", compute_dtype=compute_dtype, verbose=False)
+    return [record["train_loss"] for record in history], model
+
+
+@pytest.fixture(scope="module")
+def float32_losses(real_digits):
+    return full_batch_training(real_digits, "float32")[0]
+
+
+@pytest.mark.parametrize("compute_dtype", ["float16", "bfloat16"])
+def test_mixed_precision_trains_float32_weights_to_nearly_the_float32_losses(real_digits, float32_losses,
+                                                                              compute_dtype):
+    losses, model = full_batch_training(real_digits, compute_dtype)
+    assert all(variable.dtype == tf.float32 for variable in model.variables)
+    assert losses == pytest.approx(float32_losses, rel=5e-3)
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_run_py_with_mixed_precision_computes_in_bfloat16_without_a_gpu(tmp_path):
+    write_rows("train", 200, tmp_path / "train.csv")
+    write_rows("test", 10, tmp_path / "test.csv")
+    finished = run_py(["--mixed_precision", "--max_n_epochs", "1"], tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert "mixed precision: the layers compute in bfloat16, the weights stay float32" in finished.stdout
+    assert (tmp_path / "submission.csv").exists()

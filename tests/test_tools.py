@@ -10,8 +10,8 @@ import pytest
 import scipy.ndimage
 import tensorflow as tf
 
-from tools import (Adadelta, Adam, Nadam, affine_transform, batch_norm_variables, batch_normalize,
-                   data_augmentation, dropout, one_cycle_learning_rate, random_augmentation_matrices)
+from tools import (Adadelta, Adam, LossScaleOptimizer, Nadam, affine_transform, batch_norm_variables,
+                   batch_normalize, data_augmentation, dropout, one_cycle_learning_rate, random_augmentation_matrices)
 
 TRAIN_CSV = Path(__file__).resolve().parents[1] / "digit-recognizer" / "train.csv.gz"
 
@@ -314,6 +314,31 @@ def test_adam_follows_a_learning_rate_assigned_every_step_like_keras():
         reference.apply_gradients(zip([tf.constant(x) for x in g], keras_vars))
         for mine, theirs in zip(ours_vars, keras_vars):
             np.testing.assert_allclose(mine.numpy(), np.asarray(theirs), atol=1e-6, rtol=1e-6)
+
+
+def test_loss_scaling_matches_keras_loss_scale_optimizer_step_by_step():
+    initial, gradients = fixed_problem()
+    overflowing_steps = {2, 3, 11}  # a gradient that is inf or nan, as float16 gives when the scale is too big
+    ours_vars = [tf.Variable(value) for value in initial]
+    keras_vars = [keras.Variable(value) for value in initial]
+    ours = LossScaleOptimizer(Adam(ours_vars, learning_rate=0.01), initial_scale=8.0, growth_steps=4)
+    reference = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(learning_rate=0.01), initial_scale=8.0,
+                                                    dynamic_growth_steps=4)
+    step = graph_step(ours)
+    scales = []
+    for i, g in enumerate(gradients):
+        scaled = [x * float(ours.scale.numpy()) for x in g]  # what the gradients of scale_loss(loss) would be
+        if i in overflowing_steps:
+            scaled[0][1, 2] = np.inf if i % 2 else np.nan
+        step([tf.constant(x) for x in scaled])
+        reference.apply_gradients(zip([tf.constant(x) for x in scaled], keras_vars))
+        scales.append(float(ours.scale.numpy()))
+        assert scales[-1] == float(np.asarray(reference.dynamic_scale))
+        for mine, theirs in zip(ours_vars, keras_vars):
+            np.testing.assert_allclose(mine.numpy(), np.asarray(theirs), atol=1e-6, rtol=1e-6)
+    # halved at each overflow, doubled after every 4 finite steps in a row
+    assert scales == [8, 8, 4, 2, 2, 2, 2, 4, 4, 4, 4, 2, 2, 2, 2, 4, 4, 4, 4, 8]
+    assert int(ours.iterations.numpy()) == N_STEPS - len(overflowing_steps)  # the overflowing steps were skipped
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
