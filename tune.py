@@ -53,7 +53,7 @@ import numpy as np
 import optuna
 import tensorflow as tf
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 from optuna.trial import TrialState
 
 import data
@@ -299,8 +299,10 @@ def plot_history(trials, path):
     axis.step([t.number for t in finished], best, where="post", color="C3", label="best so far")
     axis.set(yscale="log", xlabel="trial", ylabel="validation error (%), log scale",
              title=f"tuning history: {len(trials)} trials, the best error {best[-1]:.2f}%")
-    axis.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))  # 0.5, 2, 10 rather than 5x10^-1
-    axis.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.6, 2, 40 rather than 6x10^-1
+    axis.yaxis.set_major_formatter(plain)
+    axis.yaxis.set_minor_locator(LogLocator(subs=(2, 4, 6)))
+    axis.yaxis.set_minor_formatter(plain)
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.legend()
     figure.tight_layout()
