@@ -1,6 +1,8 @@
 """Fixtures shared by the tests: small slices of the real Digit Recognizer files shipped in the repo."""
 import gzip
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,12 @@ def write_rows(kind, n_rows, path):
     with gzip.open(REPO / "digit-recognizer" / f"{kind}.csv.gz", "rb") as shipped:
         Path(path).write_bytes(b"".join(itertools.islice(shipped, n_rows + 1)))
     return Path(path)
+
+
+def run_py(args, cwd, timeout=600, env=None):
+    """python run.py ARGS in the directory cwd, as a user runs it -> subprocess.CompletedProcess (text)."""
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
 
 
 @pytest.fixture

@@ -15,8 +15,6 @@ newline and blank lines at the end are harmless; gzip is recognised by its magic
 import gzip
 import itertools
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import data
+from conftest import run_py
 
 REPO = Path(__file__).resolve().parents[1]
 N_ROWS = {"train": 12, "test": 8}  # enough rows for a fault to land in the middle, few enough to be fast
@@ -432,8 +431,7 @@ def test_run_py_with_a_bad_training_file_says_one_line_exits_2_and_writes_nothin
     (tmp_path / "test.csv").write_bytes(csv_bytes(HEADER["test"], ROWS["test"]))
     (tmp_path / "BAD.csv").write_bytes(csv_bytes(HEADER["train"],
                                                  with_cell("train", 4, 300, b"99999999999999999999")))
-    result = subprocess.run([sys.executable, str(REPO / "run.py"), "--train", "BAD.csv"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = run_py(["--train", "BAD.csv"], tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr  # no traceback, no warnings
     assert result.stderr.startswith("error: BAD.csv line 6: pixel299 is "), result.stderr

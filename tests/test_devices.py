@@ -15,7 +15,7 @@ import tensorflow as tf
 
 import data
 import train
-from conftest import write_rows
+from conftest import run_py, write_rows
 from model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,11 +52,6 @@ def test_two_replicas_go_on_training_as_one_device_does(one_and_two_devices):
 
 def test_a_model_built_outside_the_strategys_scope_is_refused(one_and_two_devices):
     assert "strategy.scope()" in one_and_two_devices["outside the scope"]
-
-
-def run_py(args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
 
 
 def test_run_py_trains_on_two_logical_cpus_and_its_saved_model_serves_on_one(tmp_path):

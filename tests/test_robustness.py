@@ -1,5 +1,4 @@
 """What real runs meet: interruption, resumption, reproducibility, a diverging loss, a checkpoint that does not fit."""
-import math
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import write_rows
+from conftest import run_py, write_rows
 
 REPO = Path(__file__).resolve().parents[1]
 # Small batches make an epoch a few hundred short steps, so a signal lands in the middle of one.
@@ -23,10 +22,9 @@ def start(args, cwd):
 
 
 def run(args, cwd):
-    process = start(args, cwd)
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stdout + stderr
-    return stdout
+    result = run_py(args, cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 def workdir(path):

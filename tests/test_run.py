@@ -9,12 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import run_py
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +21,7 @@ def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     write_rows("train", 400, workdir / "train.csv")
     write_rows("test", 150, workdir / "test.csv")
-    result = run(["--max_n_epochs", "1", "--batch_size", "32", "--show_incorrect"], cwd=workdir)
+    result = run_py(["--max_n_epochs", "1", "--batch_size", "32", "--show_incorrect"], cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     return workdir, result.stdout
 
@@ -99,7 +96,7 @@ def test_the_run_writes_the_evaluation_report(finished_run):
 
 
 def test_help_lists_every_setting_with_its_default(tmp_path):
-    result = run(["--help"], cwd=tmp_path)
+    result = run_py(["--help"], cwd=tmp_path)
     assert result.returncode == 0
     for flag in ["--max_n_epochs", "--patience", "--batch_size", "--dropout_rate", "--percent_data_for_training",
                  "--show_incorrect", "--seed", "--learning_rate"]:
@@ -115,7 +112,7 @@ def test_help_lists_every_setting_with_its_default(tmp_path):
     (["--devices", "GPU:0,gpu1"], "--devices GPU:0,gpu1: 'gpu1' is not a device name like GPU:0 or CPU:0"),
 ])
 def test_bad_flags_are_refused_with_exit_code_2(tmp_path, args, message):
-    result = run(args, cwd=tmp_path)
+    result = run_py(args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr
 
@@ -123,14 +120,14 @@ def test_bad_flags_are_refused_with_exit_code_2(tmp_path, args, message):
 def test_bad_data_file_exits_2_and_leaves_the_old_submission(tmp_path):
     (tmp_path / "submission.csv").write_text("ImageId,Label\n1,7\n")
     (tmp_path / "train.csv").write_text("label,pixel0\n1,0\n")
-    result = run([], cwd=tmp_path)
+    result = run_py([], cwd=tmp_path)
     assert result.returncode == 2
     assert "train.csv" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert (tmp_path / "submission.csv").read_text() == "ImageId,Label\n1,7\n"
 
 
 def test_missing_data_file_names_it_and_says_where_to_get_it(tmp_path):
-    result = run(["--test", "nowhere/test.csv"], cwd=tmp_path)
+    result = run_py(["--test", "nowhere/test.csv"], cwd=tmp_path)
     assert result.returncode == 2
     assert "nowhere/test.csv" in result.stderr and "kaggle.com" in result.stderr
 
@@ -139,13 +136,13 @@ def test_ensemble_keeps_each_member_and_a_rerun_reuses_them(tmp_path):
     from conftest import write_rows
     write_rows("train", 300, tmp_path / "train.csv")
     write_rows("test", 50, tmp_path / "test.csv")
-    first = run(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32"], cwd=tmp_path)
+    first = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("epoch   1/1") == 2
     assert "validation accuracy of the 2-member ensemble" in first.stdout
     for member in (1, 2):
         assert (tmp_path / "model" / "ensemble" / f"member-{member}" / "finished.json").exists()
-    again = run(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32"], cwd=tmp_path)
+    again = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "epoch   1/1" not in again.stdout and again.stdout.count("reusing the finished member") == 2
     assert (tmp_path / "submission.csv").read_text().count("\n") == 51
@@ -155,8 +152,8 @@ def test_a_member_trained_with_other_settings_is_trained_again(tmp_path):
     from conftest import write_rows
     write_rows("train", 300, tmp_path / "train.csv")
     write_rows("test", 50, tmp_path / "test.csv")
-    assert run(["--ensemble", "2", "--max_n_epochs", "1"], cwd=tmp_path).returncode == 0
-    changed = run(["--ensemble", "2", "--max_n_epochs", "1", "--dropout_rate", "0.5"], cwd=tmp_path)
+    assert run_py(["--ensemble", "2", "--max_n_epochs", "1"], cwd=tmp_path).returncode == 0
+    changed = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--dropout_rate", "0.5"], cwd=tmp_path)
     assert changed.returncode == 0, changed.stderr
     assert changed.stdout.count("epoch   1/1") == 2 and "reusing" not in changed.stdout
 
@@ -175,7 +172,7 @@ def test_test_time_augmentation_averages_the_digit_and_its_one_pixel_shifts(real
 
 def test_list_models_prints_every_network_with_its_size(tmp_path):
     from model import MODELS
-    result = run(["--list-models"], cwd=tmp_path)
+    result = run_py(["--list-models"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name in MODELS:
         assert f"\n{name} " in result.stdout
@@ -183,7 +180,7 @@ def test_list_models_prints_every_network_with_its_size(tmp_path):
 
 
 def test_an_unknown_model_is_refused_with_the_choices(tmp_path):
-    result = run(["--model", "resnet"], cwd=tmp_path)
+    result = run_py(["--model", "resnet"], cwd=tmp_path)
     assert result.returncode == 2
     assert "--model resnet: choose from digitnet, mlp" in result.stderr
 
@@ -192,7 +189,7 @@ def test_model_flag_trains_that_network_with_its_recipe(tmp_path):
     import tensorflow as tf
     from model import build_model
     write_rows_for_run(tmp_path)
-    result = run(["--model", "mlp", "--max_n_epochs", "1"], cwd=tmp_path)
+    result = run_py(["--model", "mlp", "--max_n_epochs", "1"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     mlp = build_model("mlp")
     tf.train.Checkpoint(model=mlp).read(tf.train.latest_checkpoint(str(tmp_path / "model" / "best"))) \
@@ -207,7 +204,7 @@ def test_params_file_trains_the_tuned_network(tmp_path):
     params = {"filters": [32, 64], "kernel_sizes": [3, 5], "units": [64], "dropout_rate": 0.1, "optimizer": "nadam",
               "learning_rate": 0.002, "batch_size": 64}
     (tmp_path / "best_params.json").write_text(json.dumps(params))
-    result = run(["--params", "best_params.json", "--max_n_epochs", "1"], cwd=tmp_path)
+    result = run_py(["--params", "best_params.json", "--max_n_epochs", "1"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     tuned = tune.build_network(tune.load_params(tmp_path / "best_params.json"), seed=0)
     tf.train.Checkpoint(model=tuned).read(tf.train.latest_checkpoint(str(tmp_path / "model" / "best"))) \
@@ -216,7 +213,7 @@ def test_params_file_trains_the_tuned_network(tmp_path):
 
 def test_a_bad_params_file_exits_2_naming_it(tmp_path):
     (tmp_path / "best_params.json").write_text('{"filters": [32]}')
-    result = run(["--params", "best_params.json"], cwd=tmp_path)
+    result = run_py(["--params", "best_params.json"], cwd=tmp_path)
     assert result.returncode == 2
     assert "best_params.json" in result.stderr.strip().splitlines()[-1]
 
