@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from files import atomic_open
+
 SHIPPED_DIR = Path(__file__).resolve().parent / "digit-recognizer"
 _KAGGLE_URL = "https://www.kaggle.com/c/digit-recognizer/data"
 _PIXEL_COLUMNS = [f"pixel{i}" for i in range(28 * 28)]
@@ -186,17 +188,8 @@ def split_train_validation(images, labels, percent_for_training: float, seed: in
 
 
 def write_submission(path, labels) -> None:
-    """Write `ImageId,Label` (ImageId from 1) atomically: write to a temporary file in the same directory,
-    then os.replace, so a crash never leaves a half-written file and an existing file is intact on error."""
-    path = Path(path)
-    temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with open(temporary, "w", newline="") as file:
-            file.write("ImageId,Label\n")
-            for image_id, label in enumerate(labels, start=1):
-                file.write(f"{image_id},{int(label)}\n")
-            file.flush()
-            os.fsync(file.fileno())  # on disk before it replaces the old file, so a power cut leaves one or the other
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)  # still there only if something failed
+    """Write `ImageId,Label` (ImageId from 1) atomically (files.atomic_open): a crash never leaves a
+    half-written file, and an existing file is intact on error."""
+    with atomic_open(path) as file:
+        file.write("ImageId,Label\n")
+        file.writelines(f"{image_id},{int(label)}\n" for image_id, label in enumerate(labels, start=1))

@@ -1,23 +1,36 @@
 """The original write-ups' experiments, rebuilt on this project's networks (model.MODELS) and training loop.
 
-    python experiments.py compare --trials 3   # every network: validation accuracy over seeds, size, speed
+    python experiments.py compare --seeds 3    # every network: validation accuracy over seeds, size, speed
     python experiments.py compare --models mlp,cnn_small   # only these
     python experiments.py shift                # digits at random places on a 48x48 canvas: MLP against CNN
     python experiments.py batch_size           # accuracy and wall time against batch size
     python experiments.py sanity               # K random validation digits beside the chance of all K right
-    python experiments.py NAME --quick         # a few minutes: 2,000 rows, at most 2 epochs, 1 trial
+    python experiments.py NAME --quick         # a few minutes: 2,000 rows, at most 2 epochs, 1 seed
 
 Each trains its networks by their own recipes (model.MODELS), prints a table and writes resources/NAME.png.
 Only train.csv is read (split into training and validation as run.py splits it); test.csv has no labels.
 """
-import argparse
+# ---- settings: each is also a flag, e.g. --seeds 5 ----
+seeds = 3                        # compare: how many times each network is trained (seeds seed, seed+1, ...)
+rows = 0                         # use only the first this many rows of train.csv; 0: all
+max_n_epochs = 0                 # cap every recipe's epochs at this; 0: each recipe's own
+models = ""                      # compare: the networks, comma-separated; "": every one
+model = "cnn_small"              # batch_size, sanity: the network
+digits = 16                      # sanity: how many validation digits to draw
+percent_data_for_training = 90   # of the rows, to train on; the rest is the validation split
+seed = 42                        # the split, and the first seed of each network
+quick = False                    # a few minutes: 2,000 rows, at most 2 epochs, 1 seed; a smoke run, not a result
+# ------------------------------------------------------------------------------
+QUICK = dict(rows=2000, max_n_epochs=2, seeds=1)
 import logging
 import math
 import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the tables
+from devices import import_tensorflow
+
+import_tensorflow()
 logging.getLogger("tensorflow").setLevel(logging.ERROR)  # every fit traces its own step function, by design
 import matplotlib
 
@@ -26,13 +39,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import data
-import report
+import files
+import flags
 from model import MODELS, build_model, describe_models, training_recipe
-from train import predict_probabilities, train
+from train import RunOptions, best_epoch, predict_probabilities, train
 
 RESOURCES_DIR = "resources"
-PERCENT_FOR_TRAINING = 90
-QUICK_ROWS, QUICK_EPOCHS, QUICK_TRIALS = 2000, 2, 1
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -40,21 +52,16 @@ QUICK_ROWS, QUICK_EPOCHS, QUICK_TRIALS = 2000, 2, 1
 
 
 def fit(name, split, settings, seed, input_size=None, **overrides):
-    """Train MODELS[name] by its recipe (epochs capped at settings.max_epochs) -> (model, history)."""
+    """Train MODELS[name] by its recipe (epochs capped at settings.max_n_epochs) -> (model, history)."""
     architecture = {} if input_size is None else dict(input_size=input_size)
     model = build_model(name, seed=seed, **architecture)
-    if settings.max_epochs:
-        overrides.setdefault("max_n_epochs", min(settings.max_epochs, MODELS[name].recipe["max_n_epochs"]))
-    history = train(model, *split, seed=seed, verbose=False, **training_recipe(name, **overrides))
-    best = best_record(history)
+    if settings.max_n_epochs:
+        overrides.setdefault("max_n_epochs", min(settings.max_n_epochs, MODELS[name].recipe.max_n_epochs))
+    history = train(model, split, training_recipe(name, **overrides), seed, RunOptions(verbose=False))
+    best = best_epoch(history)
     print(f"  {name} (seed {seed}): validation {100 * best['val_accuracy']:.2f}% at epoch {best['epoch']} "
           f"of {len(history)}, {seconds_per_epoch(history):.1f}s per epoch", flush=True)
     return model, history
-
-
-def best_record(history):
-    """The epoch train() restored: the best validation accuracy, then the lowest validation loss."""
-    return max(history, key=lambda record: (record["val_accuracy"], -record["val_loss"]))
 
 
 def seconds_per_epoch(history):
@@ -69,7 +76,7 @@ def markdown_table(header, rows):
 
 def save_figure(figure, filename):
     figure.tight_layout()
-    path = report.save_figure(figure, os.path.join(RESOURCES_DIR, filename), dpi=100)
+    path = files.save_figure(figure, os.path.join(RESOURCES_DIR, filename), dpi=100)
     plt.close(figure)
     print(f"figure: {path}")
 
@@ -79,27 +86,27 @@ def save_figure(figure, filename):
 
 
 def compare(split, settings):
-    """Each network trained settings.trials times (seeds seed, seed+1, ...) on the same split: the mean and
+    """Each network trained settings.seeds times (seeds seed, seed+1, ...) on the same split: the mean and
     standard deviation of its best validation accuracy, beside its size, cost and speed."""
     results = []
     for name, parameters, flops in describe_models():
         if name not in settings.models:
             continue
         accuracies, seconds = [], []
-        for trial in range(settings.trials):
-            _, history = fit(name, split, settings, settings.seed + trial)
-            accuracies.append(100 * best_record(history)["val_accuracy"])
+        for offset in range(settings.seeds):
+            _, history = fit(name, split, settings, settings.seed + offset)
+            accuracies.append(100 * best_epoch(history)["val_accuracy"])
             seconds.append(seconds_per_epoch(history))
         spread = np.std(accuracies, ddof=1) if len(accuracies) > 1 else 0.0
         results.append((name, np.mean(accuracies), spread, parameters, flops, np.mean(seconds)))
 
     table = markdown_table(
-        ["model", f"validation accuracy % (mean of {settings.trials})", "std", "parameters", "MFLOPs/image",
+        ["model", f"validation accuracy % (mean of {settings.seeds})", "std", "parameters", "MFLOPs/image",
          "s/epoch"],
-        [[name, f"{mean:.2f}", f"{spread:.2f}" if settings.trials > 1 else "-", f"{parameters:,}",
+        [[name, f"{mean:.2f}", f"{spread:.2f}" if settings.seeds > 1 else "-", f"{parameters:,}",
           f"{flops / 1e6:,.1f}", f"{seconds:.1f}"] for name, mean, spread, parameters, flops, seconds in results])
     print(table)
-    path = report.write_text(os.path.join(RESOURCES_DIR, "compare.md"), table + "\n")
+    path = files.write_text(os.path.join(RESOURCES_DIR, "compare.md"), table + "\n")
     print(f"table: {path}")
 
     names, means, spreads = [row[0] for row in results], [row[1] for row in results], [row[2] for row in results]
@@ -110,8 +117,8 @@ def compare(split, settings):
                       ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
     axis.set_ylim(max(0, min(means) - 5), 100)
     axis.set_ylabel("validation accuracy % (mean ± std over seeds)")
-    capped = f", at most {settings.max_epochs} epochs" if settings.max_epochs else ""
-    axis.set_title(f"{settings.trials} seed(s) each, {len(split[1])} training digits{capped} (labels: parameters)")
+    capped = f", at most {settings.max_n_epochs} epochs" if settings.max_n_epochs else ""
+    axis.set_title(f"{settings.seeds} seed(s) each, {len(split[1])} training digits{capped} (labels: parameters)")
     axis.tick_params(axis="x", rotation=20)
     save_figure(figure, "compare.png")
 
@@ -150,7 +157,7 @@ def shift(split, settings):
         for placement, (train_canvases, val_canvases) in placements.items():
             _, history = fit(name, (train_canvases, train_labels, val_canvases, val_labels), settings, settings.seed,
                              input_size=CANVAS)
-            accuracies[name, placement] = 100 * best_record(history)["val_accuracy"]
+            accuracies[name, placement] = 100 * best_epoch(history)["val_accuracy"]
 
     rows = [[name, f"{accuracies[name, 'centred']:.2f}", f"{accuracies[name, 'random offsets']:.2f}",
              f"{accuracies[name, 'centred'] - accuracies[name, 'random offsets']:.2f}"]
@@ -186,7 +193,7 @@ def batch_size(split, settings):
     for size in BATCH_SIZES:
         started = time.time()
         _, history = fit(settings.model, split, settings, settings.seed, batch_size=size)
-        results.append((size, min(size, n_train), 100 * best_record(history)["val_accuracy"], time.time() - started,
+        results.append((size, min(size, n_train), 100 * best_epoch(history)["val_accuracy"], time.time() - started,
                         len(history)))
     print(markdown_table(["batch size", "digits per step", "validation accuracy %", "wall time s", "epochs"],
                          [[size, used, f"{accuracy:.2f}", f"{seconds:.1f}", epochs]
@@ -258,33 +265,18 @@ def sanity(split, settings):
 EXPERIMENTS = {"compare": compare, "shift": shift, "batch_size": batch_size, "sanity": sanity}
 
 
-def model_names(text):
-    names = text.split(",")
-    for name in names:
-        if name not in MODELS:
-            raise argparse.ArgumentTypeError(f"unknown network {name!r}; the networks are {', '.join(MODELS)}")
-    return names
-
-
 def parse_settings(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", choices=EXPERIMENTS)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_ROWS} rows, at most {QUICK_EPOCHS} epochs, {QUICK_TRIALS} trial(s)")
-    parser.add_argument("--trials", type=int, help="compare: seeds per network (default: 3, quick: 1)")
-    parser.add_argument("--rows", type=int, help="use only the first ROWS rows of train.csv (default: all)")
-    parser.add_argument("--max_epochs", type=int, help="cap every recipe's epochs at this (default: no cap)")
-    parser.add_argument("--models", type=model_names, default=list(MODELS),
-                        help="compare: the networks, comma-separated (default: all)")
-    parser.add_argument("--model", choices=MODELS, default="cnn_small", help="batch_size, sanity: the network")
-    parser.add_argument("--digits", type=int, default=16, help="sanity: how many digits to draw (default: 16)")
-    parser.add_argument("--seed", type=int, default=42)
+    """The experiment's name, then every setting above as --name; --quick changes the defaults of those in
+    QUICK, not what is given."""
+    parser = flags.settings_parser(globals())
+    parser.add_argument("name", choices=EXPERIMENTS, help="the experiment")
+    if parser.parse_known_args(argv)[0].quick:
+        parser.set_defaults(**QUICK)
     settings = parser.parse_args(argv)
-    if settings.quick:
-        settings.rows = settings.rows or QUICK_ROWS
-        settings.max_epochs = settings.max_epochs or QUICK_EPOCHS
-        settings.trials = settings.trials or QUICK_TRIALS
-    settings.trials = settings.trials or 3
+    settings.models = settings.models.split(",") if settings.models else list(MODELS)
+    for name in [*settings.models, settings.model]:
+        if name not in MODELS:
+            parser.error(f"unknown network {name!r}; the networks are {', '.join(MODELS)}")
     return settings
 
 
@@ -292,11 +284,11 @@ def main(argv=None):
     settings = parse_settings(sys.argv[1:] if argv is None else argv)
     started = time.time()
     path = data.find_csv("train")
-    images, labels = data.load_train(path, max_rows=settings.rows)
-    split = data.split_train_validation(images, labels, PERCENT_FOR_TRAINING, settings.seed)
+    images, labels = data.load_train(path, max_rows=settings.rows or None)
+    split = data.split_train_validation(images, labels, settings.percent_data_for_training, settings.seed)
     if settings.quick:
-        print(f"quick run: the first {len(labels)} rows of {path}, at most {settings.max_epochs} epochs, "
-              f"{settings.trials} trial(s); a smoke test of the experiment, not the write-ups' numbers")
+        print(f"quick run: the first {len(labels)} rows of {path}, at most {settings.max_n_epochs} epochs, "
+              f"{settings.seeds} seed(s); a smoke test of the experiment, not the write-ups' numbers")
     print(f"{settings.name}: {len(split[1])} training and {len(split[3])} validation digits from {path}")
     EXPERIMENTS[settings.name](split, settings)
     print(f"{time.time() - started:.0f}s in all")

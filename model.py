@@ -1,16 +1,20 @@
-"""The networks, built by hand from tf.Variables and tf.nn ops.
+"""The networks, built by hand from tf.Variables and tf.nn ops, and the recipe each is trained by (MODELS).
 
 Each network is a tf.Module: its variables are created in __init__ (so tf.train.Checkpoint and
 tf.saved_model find them) and __call__ is the forward pass, written to read like the diagram above it.
 Images come in as float32 [batch, 28, 28, 1] in [0, 1]; logits go out as [batch, 10].
 """
+import dataclasses
+import json
 import math
 from functools import partial
 from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
+from data import DataError
 from tools import batch_norm_variables, batch_normalize, dropout
+from train import OPTIMIZERS, Recipe
 
 N_CLASSES = 10
 
@@ -244,35 +248,133 @@ class CNNTuned(tf.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The registry: each network by name, with the recipe it is trained by (train.train's keyword arguments).
+# The tuned network: tune.py's search space, built from a best_params.json.
+
+
+class TunedCNN(tf.Module):
+    """A network from the search space: a conv block per entry of `filters`, a dense layer per entry of `units`.
+
+        28x28x1 -> conv k1xk1 f1, BN, ReLU -> maxpool -> 14x14xf1
+                -> conv k2xk2 f2, BN, ReLU -> maxpool ->  7x7xf2
+               [-> conv k3xk3 f3, BN, ReLU -> maxpool ->  3x3xf3]       a third conv layer, if any
+                -> flatten
+                -> dense u1, BN, ReLU -> dropout
+               [-> dense u2, BN, ReLU -> dropout]                       a second dense layer, if any
+                -> dense 10
+    """
+
+    def __init__(self, filters, kernel_sizes, units, dropout_rate, seed=0):
+        super().__init__()
+        rng = tf.random.Generator.from_seed(seed)
+        self.dropout_rate = dropout_rate
+        channels_in = [1, *filters[:-1]]
+        self.conv_kernels = [conv_kernel(rng, size, n_in, n_out)
+                             for size, n_in, n_out in zip(kernel_sizes, channels_in, filters)]
+        self.conv_bns = [batch_norm_variables(n) for n in filters]
+        side = 28 // 2 ** len(filters)  # each 2x2 pooling halves the side, rounding down
+        widths_in = [side * side * filters[-1], *units[:-1]]
+        self.dense_kernels = [he_normal(rng, [n_in, n_out], n_in) for n_in, n_out in zip(widths_in, units)]
+        self.dense_bns = [batch_norm_variables(n) for n in units]
+        self.logits_kernel = tf.Variable(rng.normal([units[-1], N_CLASSES]) * math.sqrt(1.0 / units[-1]))
+        self.logits_bias = tf.Variable(tf.zeros([N_CLASSES]))
+
+    def __call__(self, images, training=False, rng=None):
+        x = images
+        for kernel, bn in zip(self.conv_kernels, self.conv_bns):
+            x = max_pool(conv_bn_relu(x, kernel, bn, training))
+        x = flatten(x)
+        for kernel, bn in zip(self.dense_kernels, self.dense_bns):
+            x = dropout(tf.nn.relu(batch_normalize(x @ weight(kernel, x), bn, training)), self.dropout_rate, rng,
+                        training)
+        return x @ weight(self.logits_kernel, x) + weight(self.logits_bias, x)
+
+
+def tuned_network(params, seed):
+    """The network that params (suggest_params' or load_params' dict) describe, its weights drawn from seed."""
+    return TunedCNN(params["filters"], params["kernel_sizes"], params["units"], params["dropout_rate"], seed)
+
+
+def tuned_recipe(params, base):
+    """base (a train.Recipe) with the optimiser, learning rate and batch size that params set."""
+    return dataclasses.replace(base, optimizer=params["optimizer"], learning_rate=params["learning_rate"],
+                               batch_size=params["batch_size"])
+
+
+def positive_ints(value, most=math.inf):
+    return isinstance(value, list) and 1 <= len(value) <= most and all(type(v) is int and v > 0 for v in value)
+
+
+def number(value):
+    return type(value) in (int, float)
+
+
+PARAM_CHECKS = {  # key: (test, what the error message says is expected)
+    "filters": (lambda v: positive_ints(v, most=4), "a list of 1-4 positive whole numbers, one per conv layer"),
+    "kernel_sizes": (positive_ints, "a list of positive whole numbers, one per conv layer"),
+    "units": (positive_ints, "a list of positive whole numbers, one per dense layer"),
+    "dropout_rate": (lambda v: number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer": (lambda v: v in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
+    "learning_rate": (lambda v: number(v) and v > 0, "a positive number"),
+    "batch_size": (lambda v: type(v) is int and v > 0, "a positive whole number"),
+}
+
+
+def load_params(path):
+    """best_params.json -> params, or DataError (one line naming the file and the key) for a file that
+    build_network and training_arguments could not use."""
+    try:
+        with open(path) as file:
+            params = json.load(file)
+    except OSError as error:
+        raise DataError(f"{path}: {error.strerror}") from None
+    except ValueError as error:
+        raise DataError(f"{path}: not JSON ({error})") from None
+    if not isinstance(params, dict):
+        raise DataError(f"{path}: expected a JSON object with the keys {', '.join(PARAM_CHECKS)}")
+    unknown = sorted(params.keys() - PARAM_CHECKS.keys())
+    if unknown:
+        raise DataError(f"{path}: unknown key {unknown[0]!r}; the keys are {', '.join(PARAM_CHECKS)}")
+    for key, (test, expected) in PARAM_CHECKS.items():
+        if key not in params:
+            raise DataError(f"{path}: {key} is missing; expected {expected}")
+        if not test(params[key]):
+            raise DataError(f"{path}: {key} is {json.dumps(params[key])}; expected {expected}")
+    if len(params["kernel_sizes"]) != len(params["filters"]):
+        raise DataError(f"{path}: kernel_sizes has {len(params['kernel_sizes'])} sizes for "
+                             f"{len(params['filters'])} conv layers (filters); expected one per conv layer")
+    return params
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registry: each network by name, with the recipe it is trained by.
 
 
 class ModelSpec(NamedTuple):
     build: Callable  # (dropout_rate=..., seed=..., input_size=...) -> the network; DigitNet has no input_size
-    recipe: dict     # train.train's keyword arguments, bar the data and the seed
+    recipe: Recipe
 
 
 MODELS = {
-    # run.py's defaults, so that `python run.py` trains DigitNet as it always has
-    "digitnet": ModelSpec(DigitNet, dict(
+    # the project's default: what `python run.py` trains
+    "digitnet": ModelSpec(DigitNet, Recipe(
         optimizer="adam", schedule="one_cycle", learning_rate=3e-3, max_n_epochs=15, patience=5, batch_size=128,
         label_smoothing=0.1,
         augmentation=dict(max_rotation_degrees=10.0, max_shift_fraction=0.1, max_zoom_fraction=0.1))),
     # the MLP write-ups (Keras' mnist_mlp.py) train with RMSprop; Adam is the nearest optimiser this project has
-    "mlp": ModelSpec(partial(MLP, hidden_units=(512, 256)), dict(
+    "mlp": ModelSpec(partial(MLP, hidden_units=(512, 256)), Recipe(
         optimizer="adam", schedule="constant", learning_rate=1e-3, max_n_epochs=20, patience=5, batch_size=128)),
-    "mlp_dropout": ModelSpec(partial(MLP, hidden_units=(512, 512), dropout_rate=0.2), dict(
+    "mlp_dropout": ModelSpec(partial(MLP, hidden_units=(512, 512), dropout_rate=0.2), Recipe(
         optimizer="adam", schedule="constant", learning_rate=1e-3, max_n_epochs=20, patience=5, batch_size=128)),
-    "cnn_small": ModelSpec(CNNSmall, dict(
+    "cnn_small": ModelSpec(CNNSmall, Recipe(
         optimizer="adam", schedule="constant", learning_rate=1e-3, max_n_epochs=15, patience=5, batch_size=128)),
     # as published: 12 epochs of Adadelta, no early stopping, no augmentation
-    "cnn_keras_example": ModelSpec(CNNKerasExample, dict(
+    "cnn_keras_example": ModelSpec(CNNKerasExample, Recipe(
         optimizer="adadelta", schedule="constant", learning_rate=1.0, max_n_epochs=12, patience=12, batch_size=128)),
-    "cnn_bn_deep": ModelSpec(CNNBNDeep, dict(
+    "cnn_bn_deep": ModelSpec(CNNBNDeep, Recipe(
         optimizer="adam", schedule="constant", learning_rate=1e-3, max_n_epochs=20, patience=5, batch_size=128,
         # the write-up's shear_range=0.3, taken as tools' shear (tan of the angle, up to 17 degrees)
         augmentation=dict(max_rotation_degrees=8.0, max_shift_fraction=0.08, max_zoom_fraction=0.08, max_shear=0.3))),
-    "cnn_tuned": ModelSpec(CNNTuned, dict(
+    "cnn_tuned": ModelSpec(CNNTuned, Recipe(
         optimizer="adam", schedule="plateau", learning_rate=1e-3, plateau_factor=0.1, plateau_patience=4,
         max_n_epochs=50, patience=10, batch_size=128, class_weights="balanced", weight_penalty=(1e-5, 1e-4))),
 }
@@ -289,18 +391,19 @@ def build_model(name, dropout_rate=None, seed=0, **architecture):
 
 
 def training_recipe(name, **overrides):
-    """MODELS[name].recipe with overrides laid over it (run.py's flags, the experiments' quick settings).
-    An augmentation range, e.g. max_rotation_degrees=5, replaces that entry of the augmentation dict;
-    all ranges zero means no augmentation."""
-    recipe = dict(MODELS[name].recipe)
-    augmentation = dict(recipe.get("augmentation") or {})
-    for key, value in overrides.items():
-        if key in AUGMENTATION_RANGES:
-            augmentation[key] = value
-        else:
-            recipe[key] = value
-    recipe["augmentation"] = augmentation if any(augmentation.values()) else None
-    return recipe
+    """MODELS[name]'s recipe, with overrides laid over it (with_overrides)."""
+    return with_overrides(MODELS[name].recipe, **overrides)
+
+
+def with_overrides(recipe, **overrides):
+    """The recipe with these fields replaced (run.py's flags, the experiments' quick settings). An
+    augmentation range, e.g. max_rotation_degrees=5, replaces that entry of the augmentation dict; all ranges
+    zero means no augmentation."""
+    augmentation = dict(recipe.augmentation or {})
+    for key in AUGMENTATION_RANGES:
+        if key in overrides:
+            augmentation[key] = overrides.pop(key)
+    return dataclasses.replace(recipe, augmentation=augmentation if any(augmentation.values()) else None, **overrides)
 
 
 def count_parameters(model):

@@ -5,13 +5,14 @@ run.py calls write_report() after training. To rebuild the report from the saved
 
     python report.py    # reads model/best, writes resources/report.md, report.json and the PNGs
 """
-import json
 import os
 import sys
 
 import numpy as np
 from matplotlib.figure import Figure  # drawn by Agg straight to files: no display, no pyplot state
 from matplotlib.ticker import MaxNLocator
+
+import files
 
 N_CLASSES = 10
 MODEL_DIR, RESOURCES_DIR = "model", "resources"
@@ -22,25 +23,6 @@ def misclassified(labels, probabilities):
     predictions = probabilities.argmax(1)
     wrong = np.flatnonzero(predictions != labels)
     return wrong[np.argsort(-probabilities[wrong, predictions[wrong]])]
-
-
-def save_figure(figure, path, dpi=80):
-    """Save as PNG to a temporary name, then rename, so a crash never leaves half a picture; -> path."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = path + ".tmp.png"
-    figure.savefig(temporary, dpi=dpi)
-    os.replace(temporary, path)
-    return path
-
-
-def write_text(path, text):
-    """Write to a temporary name, then rename, like save_figure; -> path."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
-    return path
 
 
 def plot_digit_grid(images, titles, path, columns=8):
@@ -54,7 +36,7 @@ def plot_digit_grid(images, titles, path, columns=8):
         axis.imshow(image.reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
         axis.set_title(title, fontsize=8)
     figure.tight_layout()
-    return save_figure(figure, path)
+    return files.save_figure(figure, path)
 
 
 def plot_predictions(images, labels, probabilities, indices, path):
@@ -141,7 +123,7 @@ def plot_confusion_matrix(confusion, path):
     axis.set(xticks=range(N_CLASSES), yticks=range(N_CLASSES), xlabel="predicted digit", ylabel="true digit",
              title="confusion matrix, validation")
     figure.tight_layout()
-    return save_figure(figure, path)
+    return files.save_figure(figure, path)
 
 
 def plot_training_history(history, path):
@@ -160,7 +142,7 @@ def plot_training_history(history, path):
     for axis in (loss_axis, accuracy_axis, rate_axis):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     figure.tight_layout()
-    return save_figure(figure, path)
+    return files.save_figure(figure, path)
 
 
 def plot_class_distribution(train_labels, val_labels, path):
@@ -174,7 +156,7 @@ def plot_class_distribution(train_labels, val_labels, path):
     axis.set(xticks=digits, xlabel="digit", ylabel="% of the split", title="class distribution")
     axis.legend()
     figure.tight_layout()
-    return save_figure(figure, path)
+    return files.save_figure(figure, path)
 
 
 def plot_confident_mistakes(images, labels, probabilities, path, limit=8, pairs_per_row=2):
@@ -201,7 +183,7 @@ def plot_confident_mistakes(images, labels, probabilities, path, limit=8, pairs_
         bar_axis.tick_params(labelsize=7)
     figure.suptitle(f"the {len(shown)} most confident mistakes (of {len(wrong)})")
     figure.tight_layout()
-    return save_figure(figure, path)
+    return files.save_figure(figure, path)
 
 
 def plot_conv1_kernels(kernels, path, columns=8):
@@ -218,7 +200,7 @@ def plot_conv1_kernels(kernels, path, columns=8):
             axis.set_title(channel, fontsize=7)
     figure.suptitle(f"conv1: {kernels.shape[-1]} kernels {kernels.shape[0]}x{kernels.shape[1]}")
     figure.tight_layout()
-    return save_figure(figure, path)
+    return files.save_figure(figure, path)
 
 
 def feature_maps(model, image):
@@ -252,7 +234,7 @@ def plot_feature_maps(image, title, maps, path, n_maps=12):
         row[1].set(xticks=[], yticks=[], ylabel=f"conv{block}\n{activations.shape[0]}x{activations.shape[1]}")
     figure.suptitle("feature maps after batch norm and ReLU, busiest channels first")
     figure.tight_layout()
-    return save_figure(figure, path)
+    return files.save_figure(figure, path)
 
 
 def plot_dense_weights(dense1, dense2, path):
@@ -266,7 +248,7 @@ def plot_dense_weights(dense1, dense2, path):
         axis.set(title=f"{name}: {weights.shape[1]} inputs -> {weights.shape[0]} units", xlabel="input", ylabel=unit)
         figure.colorbar(shown, ax=axis)
     figure.tight_layout()
-    return save_figure(figure, path)
+    return files.save_figure(figure, path)
 
 
 def log_pictures(paths, log_dir):
@@ -296,8 +278,8 @@ def write_report(model, history, train_labels, val_images, val_labels, resources
     metrics = classification_metrics(val_labels, predictions)
     table = metrics_markdown(metrics)
     print(table)
-    write_text(f"{resources_dir}/report.md", table)
-    write_text(f"{resources_dir}/report.json", json.dumps({**metrics, "history": history}, indent=1) + "\n")
+    files.write_text(f"{resources_dir}/report.md", table)
+    files.write_json(f"{resources_dir}/report.json", {**metrics, "history": history})
 
     right = np.flatnonzero(predictions == val_labels)
     example = right[0] if len(right) else 0  # a digit the network gets right shows its maps at their best
@@ -327,33 +309,32 @@ def write_report(model, history, train_labels, val_images, val_labels, resources
     return metrics
 
 
-def main():
-    """Rebuild the report from model/best, on the validation split run.py made with its default settings, and the
-    training history kept in the previous resources/report.json."""
-    checkpoint_dir = f"{MODEL_DIR}/best"
-    if not os.path.exists(f"{checkpoint_dir}/checkpoint"):
-        print(f"error: no trained model in {checkpoint_dir}/; run python run.py first", file=sys.stderr)
+def main(argv=None):
+    """Rebuild the report from model/best, on the validation split that run.py recorded in model/settings.json,
+    and the training history kept in the previous resources/report.json."""
+    import flags
+    flags.settings_parser(globals()).parse_args(sys.argv[1:] if argv is None else argv)  # --help, and no more
+    settings = files.read_json(f"{MODEL_DIR}/settings.json")
+    if settings is None or not os.path.exists(f"{MODEL_DIR}/best/checkpoint"):
+        print(f"error: no trained model in {MODEL_DIR}/best/; run python run.py first", file=sys.stderr)
         return 2
     import data
-    import run
     try:
         images, labels = data.load_train(data.find_csv("train"))
     except data.DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     _, train_labels, val_images, val_labels = data.split_train_validation(
-        images, labels, run.percent_data_for_training, run.seed)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    from model import DigitNet
+        images, labels, settings["percent_data_for_training"], settings["seed"])
+    from devices import import_tensorflow
+    tf = import_tensorflow()
+    import model as networks
 
-    model = DigitNet()
-    tf.train.Checkpoint(model=model).read(tf.train.latest_checkpoint(checkpoint_dir)).expect_partial() \
+    model = (networks.tuned_network(settings["params"], 0) if settings["params"]
+             else networks.build_model(settings["model"], settings["dropout_rate"]))
+    tf.train.Checkpoint(model=model).read(tf.train.latest_checkpoint(f"{MODEL_DIR}/best")).expect_partial() \
         .assert_existing_objects_matched()
-    history = None
-    if os.path.exists(f"{RESOURCES_DIR}/report.json"):
-        with open(f"{RESOURCES_DIR}/report.json") as file:
-            history = json.load(file).get("history")
+    history = (files.read_json(f"{RESOURCES_DIR}/report.json") or {}).get("history")
     write_report(model, history, train_labels, val_images, val_labels, RESOURCES_DIR)
     return 0
 

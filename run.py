@@ -1,23 +1,27 @@
 """Train a convolutional network from scratch on Kaggle's Digit Recognizer data and write submission.csv.
 
-    python run.py                          # defaults below
+    python run.py                          # the defaults below
     python run.py --max_n_epochs 3 --show_incorrect
-    python run.py --help                   # every setting with its default
+    python run.py --help                   # every setting, what it means and its default
 """
 # ---- configuration: every name here is also a flag, e.g. --batch_size 256 ----
-max_n_epochs = 15                # the learning-rate schedule spans this many; early stopping may end sooner
-patience = 5                     # epochs without validation improvement before stopping
-batch_size = 128
-learning_rate = 3e-3             # peak of the one-cycle schedule
-dropout_rate = 0.25              # on the dense layer
-label_smoothing = 0.1
-max_rotation_degrees = 10.0      # augmentation: a random rotation, shift and zoom per training image
-max_shift_fraction = 0.1
-max_zoom_fraction = 0.1
-percent_data_for_training = 90   # the rest of train.csv is the validation split
-seed = 42
-model = "digitnet"               # the network (python run.py --list-models), trained with its own recipe
+model = "digitnet"               # the network, trained by its own recipe in model.py (see --list_models)
 params = ""                      # a tune.py best_params.json: train the network and recipe it describes
+# The training recipe. Left unset (None), each comes from the network's own recipe in model.MODELS (digitnet:
+# 15 epochs of one-cycle Adam peaking at 3e-3, batch 128, label smoothing 0.1, rotation 10, shift and zoom 0.1).
+# Set here or given as a flag, it always wins.
+max_n_epochs: int = None         # the learning-rate schedule spans this many; early stopping may end sooner
+patience: int = None             # epochs without a better validation accuracy before stopping
+batch_size: int = None           # digits per training step
+learning_rate: float = None      # the one-cycle schedule's peak, or the constant rate of other schedules
+dropout_rate: float = None       # the share of the dense layer's units dropped in each training step
+label_smoothing: float = None    # the training targets: (1 - s) * one_hot + s / 10
+max_rotation_degrees: float = None  # augmentation: turn each training digit by a random angle up to this
+max_shift_fraction: float = None    # augmentation: shift it by up to this share of its side
+max_zoom_fraction: float = None     # augmentation: zoom it in or out by up to this share
+# The run.
+percent_data_for_training = 90   # of train.csv, to train on; the rest is the validation split (100: none)
+seed = 42                        # the split, the initial weights, the data order, augmentation and dropout
 ensemble = 1                     # train this many networks (seeds seed, seed+1, ...) and average their outputs
 tta = False                      # test-time augmentation: also average over the digit shifted by one pixel
 resume = False                   # go on from model/latest where an interrupted run stopped (same settings)
@@ -25,20 +29,22 @@ deterministic = False            # TensorFlow's deterministic ops: two runs give
 devices = ""                     # "": every GPU there is (else the CPU); or a list, "GPU:0,GPU:1" (see README)
 mixed_precision = False          # layers compute in float16 (bfloat16 without a GPU); weights stay float32
 SHOW_INCORRECT = False           # also list every misclassified validation digit (the report pictures them)
-train = ""                       # train.csv path; default: ./train.csv(.gz), else the shipped copy
-test = ""                        # test.csv path; likewise
+train = ""                       # train.csv's path; default: ./train.csv(.gz), else the shipped copy
+test = ""                        # test.csv's path; likewise
 # ------------------------------------------------------------------------------
-CONFIG_NAMES = [name for name in list(globals()) if not name.startswith("_")]
-DEFAULTS = {name: globals()[name] for name in CONFIG_NAMES}
+import dataclasses
 import json
-import os
 import re
 import sys
 import time
 from datetime import datetime
 
-from flags import settings_parser
+import files
+import flags
+from devices import device_names, distribution_strategy, import_tensorflow
 
+DEFAULTS = flags.settings_of(globals())
+RECIPE_SETTINGS = [name for name, value in DEFAULTS.items() if value is None]  # None: the network's own
 INF = float("inf")
 VALID_RANGES = {  # name: (lowest, highest, what the error message says)
     "max_n_epochs": (1, INF, "at least 1"), "patience": (1, INF, "at least 1"),
@@ -48,258 +54,210 @@ VALID_RANGES = {  # name: (lowest, highest, what the error message says)
     "max_zoom_fraction": (0, 0.9, "in [0, 0.9]"), "percent_data_for_training": (1, 100, "in [1, 100]"),
     "ensemble": (1, INF, "at least 1"),
 }
-# The settings above that make up a training recipe: for --model NAME, those left at their default give way to
-# that network's own recipe (model.MODELS; digitnet's is exactly these defaults).
-RECIPE_SETTINGS = ["max_n_epochs", "patience", "batch_size", "learning_rate", "dropout_rate", "label_smoothing",
-                   "max_rotation_degrees", "max_shift_fraction", "max_zoom_fraction"]
 MODEL_DIR, LOG_DIR, RESOURCES_DIR, SUBMISSION = "model", "tf_logs", "resources", "submission.csv"
 
 
 def parse_flags(argv):
-    """Every configuration name above becomes --name (booleans become switches, --show_incorrect)."""
-    parser = settings_parser(DEFAULTS, __doc__)
-    parser.add_argument("--list-models", action="store_true", help="list the networks with their size and cost")
-    args = parser.parse_args(argv)
+    parser = flags.settings_parser(globals(), unset="the network's own")
+    parser.add_argument("--list_models", action="store_true", help="list the networks with their size and cost")
+    config = parser.parse_args(argv)
     for name, (low, high, meaning) in VALID_RANGES.items():
-        if not low <= getattr(args, name) <= high:
-            parser.error(f"--{name.lower()} {getattr(args, name)}: must be {meaning}")
-    for name in filter(None, args.devices.split(",")):
-        if not re.fullmatch(r"(CPU|GPU):\d+", name.strip().upper()):
-            parser.error(f"--devices {args.devices}: {name.strip()!r} is not a device name like GPU:0 or CPU:0")
-    if args.params and args.model != DEFAULTS["model"]:
+        value = getattr(config, name)
+        if value is not None and not low <= value <= high:
+            parser.error(f"--{name.lower()} {value}: must be {meaning}")
+    for name in device_names(config.devices):
+        if not re.fullmatch(r"(CPU|GPU):\d+", name, re.IGNORECASE):
+            parser.error(f"--devices {config.devices}: {name!r} is not a device name like GPU:0 or CPU:0")
+    if config.params and config.model != DEFAULTS["model"]:
         parser.error("--params and --model: choose one (a params file names its own network)")
-    return args
+    return config
 
 
 def main(argv=None):
     config = parse_flags(sys.argv[1:] if argv is None else argv)
     started = time.time()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
     if config.list_models:
-        from model import describe_models
-        print(f"{'model':<20}{'parameters':>12}{'FLOPs/image':>16}")
-        for name, parameters, flops in describe_models():
-            print(f"{name:<20}{parameters:>12,}{flops:>16,}")
-        return 0
-    if config.model != DEFAULTS["model"]:  # knowing the names takes TensorFlow, so only when one is given
-        from model import MODELS
-        if config.model not in MODELS:
-            print(f"error: --model {config.model}: choose from {', '.join(MODELS)}", file=sys.stderr)
-            return 2
-    import data
+        import_tensorflow()
+        import model
+        return print_models(model.describe_models())
+    import data  # numpy and pandas only: bad files are refused before TensorFlow starts
     try:
         train_path, test_path = data.find_csv("train", config.train), data.find_csv("test", config.test)
         images, labels = data.load_train(train_path)
         test_images = data.load_test(test_path)
-        if config.params:
-            import tune
-            config.params = tune.load_params(config.params)  # the file's contents, checked
     except data.DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    # TensorFlow is imported only now, so that --help, bad flags and bad files answer at once and plainly.
-    import numpy as np
-    import report
-    from train import CheckpointMismatch, TrainingDiverged, TrainingInterrupted
-    train_images, train_labels, val_images, val_labels = data.split_train_validation(
-        images, labels, config.percent_data_for_training, config.seed)
-    print(f"data: {len(train_labels)} training and {len(val_labels)} validation digits from {train_path}, "
-          f"{len(test_images)} test digits from {test_path}")
-
+        return fail(error)
+    tf = import_tensorflow()
+    import model
+    import train
+    if config.model not in model.MODELS:
+        return fail(f"--model {config.model}: choose from {', '.join(model.MODELS)}")
     try:
+        config.params = config.params and model.load_params(config.params)  # the file's contents, checked
         strategy = distribution_strategy(config.devices)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    import tensorflow as tf
+    except (data.DataError, ValueError) as error:
+        return fail(error)
+    split = data.split_train_validation(images, labels, config.percent_data_for_training, config.seed)
+    print(f"data: {len(split[1])} training and {len(split[3])} validation digits from {train_path}, "
+          f"{len(test_images)} test digits from {test_path}")
     if strategy.num_replicas_in_sync > 1:
         print(f"devices: {strategy.num_replicas_in_sync} replicas, each batch split between them")
-    compute_dtype = "float32"
-    if config.mixed_precision:  # float16 needs a GPU's tensor cores to pay; recent CPUs have bfloat16 units
-        compute_dtype = "float16" if tf.config.list_physical_devices("GPU") else "bfloat16"
-        print(f"mixed precision: the layers compute in {compute_dtype}, the weights stay float32")
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    run_name = datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
-        members, history = train_members(config, strategy, compute_dtype, run_name, train_images, train_labels,
-                                         val_images, val_labels)
-    except TrainingInterrupted as stop:
+        with files.exclusive_lock(MODEL_DIR):
+            run_name = datetime.now().strftime("%Y%m%d-%H%M%S")
+            members, history = train_members(config, strategy, run_name, split)
+            write_outputs(config, members, history, split, test_images, run_name)
+    except files.Busy as error:
+        return fail(error)
+    except train.TrainingInterrupted as stop:
         again = " ".join(["python", "run.py", *[arg for arg in sys.argv[1:] if arg != "--resume"], "--resume"])
         print(f"stopped: {stop}\nto go on where it stopped: {again}", file=sys.stderr)
         return 130
-    except (TrainingDiverged, CheckpointMismatch) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, CheckpointMismatch) else 1
+    except train.CheckpointMismatch as error:
+        return fail(error)
+    except train.TrainingDiverged as error:
+        return fail(error, code=1)
+    print(f"{time.time() - started:.0f}s in all")
+    return 0
 
-    export_saved_model(members, f"{MODEL_DIR}/saved_model")
-    test_predictions = ensemble_probabilities(members, test_images, config.tta).argmax(1)
-    data.write_submission(SUBMISSION, test_predictions)
 
+def fail(error, code=2):
+    print(f"error: {error}", file=sys.stderr)
+    return code
+
+
+def print_models(rows):
+    print(f"{'model':<20}{'parameters':>12}{'FLOPs/image':>16}")
+    for name, parameters, flops in rows:
+        print(f"{name:<20}{parameters:>12,}{flops:>16,}")
+    return 0
+
+
+def compute_dtype(config):
+    """float32; with --mixed_precision, float16 where a GPU's tensor cores make it pay, else bfloat16 (recent
+    CPUs have bfloat16 units)."""
+    import tensorflow as tf
+    if not config.mixed_precision:
+        return "float32"
+    dtype = "float16" if tf.config.list_physical_devices("GPU") else "bfloat16"
+    print(f"mixed precision: the layers compute in {dtype}, the weights stay float32")
+    return dtype
+
+
+def train_members(config, strategy, run_name, split):
+    """Train the network, or each member of the ensemble. -> (the networks, the last trained one's history)."""
+    members, history, dtype = [], None, compute_dtype(config)
+    for member in range(1, config.ensemble + 1):
+        # Members differ in seed (initial weights, data order, augmentation, dropout) and share the split,
+        # so the validation digits are held out from every one of them.
+        one = config.ensemble == 1
+        member_dir = MODEL_DIR if one else f"{MODEL_DIR}/ensemble/member-{member}"
+        if not one:
+            print(f"ensemble member {member}/{config.ensemble}")
+        import train
+        options = train.RunOptions(checkpoint_dir=member_dir, resume=config.resume, strategy=strategy,
+                                   compute_dtype=dtype,
+                                   log_dir=f"{LOG_DIR}/{run_name}" + ("" if one else f"/member-{member}"))
+        network, member_history = train_or_reuse_member(config, config.seed + member - 1, split, options)
+        members.append(network)
+        history = member_history or history
+    return members, history
+
+
+def train_or_reuse_member(config, member_seed, split, options):
+    """Train one network, or, for an ensemble member finished by an earlier run with the same settings,
+    restore it from its best checkpoint. -> (network, history or None when reused)."""
+    import tensorflow as tf
+    import train
+
+    tf.random.set_seed(member_seed)
+    with options.strategy.scope():  # the network's variables: a copy on each device
+        network, recipe = network_and_recipe(config, member_seed)
+    # What the member learns depends on these, and only on these.
+    settings = json.loads(json.dumps(dict(
+        dataclasses.asdict(recipe), model=config.model, params=config.params, dropout_rate=network.dropout_rate,
+        seed=member_seed, percent_data_for_training=config.percent_data_for_training, n_train=len(split[1]),
+        train_labels_sum=int(split[1].sum()), compute_dtype=options.compute_dtype)))
+    member_dir = options.checkpoint_dir
+    if config.ensemble > 1 and files.read_json(f"{member_dir}/finished.json") == settings:
+        tf.train.Checkpoint(model=network).read(tf.train.latest_checkpoint(f"{member_dir}/best")).expect_partial()
+        print(f"  reusing the finished member in {member_dir}")
+        return network, None
+    recorded = files.read_json(f"{member_dir}/settings.json")
+    if config.resume and recorded not in (None, settings):
+        changed = [name for name, value in recorded.items() if settings.get(name) != value]
+        raise train.CheckpointMismatch(f"{member_dir}/latest was trained with other settings ({', '.join(changed)}); "
+                                       "resume with the same flags")
+    files.write_json(f"{member_dir}/settings.json", settings)
+    history = train.train(network, split, recipe, member_seed, options)
+    files.write_json(f"{member_dir}/finished.json", settings)
+    return network, history
+
+
+def network_and_recipe(config, seed):
+    """The network to train and its train.Recipe: --model's network and recipe, or --params' tuned network with
+    the optimiser, learning rate, batch size and dropout that its file sets; every recipe setting that was
+    given (not None) wins over both."""
+    import model
+
+    given = {name: getattr(config, name) for name in RECIPE_SETTINGS if getattr(config, name) is not None}
+    dropout_rate = given.pop("dropout_rate", None)
+    recipe = model.training_recipe(config.model)
+    if config.params:
+        recipe = model.tuned_recipe(config.params, recipe)
+        params = config.params if dropout_rate is None else {**config.params, "dropout_rate": dropout_rate}
+        network = model.tuned_network(params, seed)
+    else:
+        network = model.build_model(config.model, dropout_rate, seed)
+    return network, model.with_overrides(recipe, **given)
+
+
+def write_outputs(config, members, history, split, test_images, run_name):
+    """The SavedModel, submission.csv, the validation accuracy and the report."""
+    import data
+    import ensemble
+    import report
+
+    _, train_labels, val_images, val_labels = split
+    ensemble.export_saved_model(members, f"{MODEL_DIR}/saved_model")
+    data.write_submission(SUBMISSION, ensemble.ensemble_probabilities(members, test_images, config.tta).argmax(1))
     if len(val_labels):
-        val_probabilities = ensemble_probabilities(members, val_images, config.tta)
-        val_accuracy = float(np.mean(val_probabilities.argmax(1) == val_labels))
-        what = "validation accuracy" if config.ensemble == 1 else f"validation accuracy of the {config.ensemble}-member ensemble"
-        if config.ensemble == 1:
-            best = max(history, key=lambda record: (record["val_accuracy"], -record["val_loss"]))
-            what += f" (best epoch, {best['epoch']} of {len(history)})"
-        print(f"{what}{' with test-time augmentation' if config.tta else ''}: {100 * val_accuracy:.2f}%")
+        val_probabilities = ensemble.ensemble_probabilities(members, val_images, config.tta)
+        print_validation_accuracy(config, history, val_probabilities, val_labels)
         report.log_misclassified(val_images, val_labels, val_probabilities, f"{LOG_DIR}/{run_name}/validation")
         # The report looks inside one network: with an ensemble, the first member on its own.
         report.write_report(members[0], history if config.ensemble == 1 else None, train_labels, val_images,
                             val_labels, RESOURCES_DIR, log_dir=f"{LOG_DIR}/{run_name}/report")
         if config.SHOW_INCORRECT:
-            predictions = val_probabilities.argmax(1)
-            print(f"misclassified validation digits (pictured in {RESOURCES_DIR}/misclassified_digits.png):")
-            for index in report.misclassified(val_labels, val_probabilities):
-                print(f"  validation digit {index}: true {val_labels[index]}, predicted {predictions[index]} "
-                      f"(probability {val_probabilities[index, predictions[index]]:.2f})")
-    print(f"{time.time() - started:.0f}s in all")
+            print_misclassified(val_probabilities, val_labels)
     checkpoints = f"{MODEL_DIR}/best, {MODEL_DIR}/latest" if config.ensemble == 1 else f"{MODEL_DIR}/ensemble/member-*/"
     print(f"checkpoints: {checkpoints}; SavedModel: {MODEL_DIR}/saved_model")
     print(f"TensorBoard logs: {LOG_DIR}/{run_name} (tensorboard --logdir {LOG_DIR}); submission: {SUBMISSION}")
-    return 0
 
 
-def distribution_strategy(devices):
-    """How training spreads over devices (--devices): tf.distribute.MirroredStrategy over the named devices, or
-    over every GPU when none is named, keeps a copy of the network on each and splits each batch between them;
-    with one device, or none but the CPU, TensorFlow's default. Naming several CPUs ("CPU:0,CPU:1") splits the
-    processor into that many logical devices: how the tests try several devices on a machine without GPUs.
-    -> the strategy; ValueError for a device that is not there."""
-    import tensorflow as tf
-
-    if "TF_CONFIG" in os.environ:  # one run.py on each machine, as TF_CONFIG describes (see README)
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    names = [name.strip().upper() for name in devices.split(",") if name.strip()]
-    if not names:
-        names = [f"GPU:{index}" for index in range(len(tf.config.list_physical_devices("GPU")))]
-    n_cpus = sum(name.startswith("CPU:") for name in names)
-    if n_cpus > 1:  # must come before TensorFlow sets up its devices, so before anything runs
-        tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
-                                                   [tf.config.LogicalDeviceConfiguration()] * n_cpus)
-    available = [device.name.removeprefix("/device:") for device in tf.config.list_logical_devices()]
-    for name in names:
-        if name not in available:
-            raise ValueError(f"--devices {devices}: there is no {name} here; the devices are {', '.join(available)}")
-    if len(names) > 1:
-        return tf.distribute.MirroredStrategy(names)
-    return tf.distribute.OneDeviceStrategy(names[0]) if names else tf.distribute.get_strategy()
-
-
-def train_members(config, strategy, compute_dtype, run_name, train_images, train_labels, val_images, val_labels):
-    """Train the network, or each member of the ensemble. -> (the networks, the last trained one's history)."""
-    members, history = [], None
-    for member in range(1, config.ensemble + 1):
-        # Members differ in seed (initial weights, data order, augmentation, dropout) and share the split,
-        # so the validation digits are held out from every one of them.
-        member_dir = MODEL_DIR if config.ensemble == 1 else f"{MODEL_DIR}/ensemble/member-{member}"
-        member_log_dir = f"{LOG_DIR}/{run_name}" + ("" if config.ensemble == 1 else f"/member-{member}")
-        if config.ensemble > 1:
-            print(f"ensemble member {member}/{config.ensemble}")
-        model, member_history = train_or_reuse_member(config, strategy, compute_dtype, config.seed + member - 1,
-                                                      member_dir, member_log_dir, train_images, train_labels,
-                                                      val_images, val_labels)
-        members.append(model)
-        history = member_history or history
-    return members, history
-
-
-def train_or_reuse_member(config, strategy, compute_dtype, member_seed, member_dir, log_dir, train_images,
-                          train_labels, val_images, val_labels):
-    """Train one network, or, for an ensemble member finished by an earlier run with the same settings,
-    restore it from its best checkpoint. -> (model, history or None when reused)."""
-    import tensorflow as tf
-    from train import CheckpointMismatch, train as train_model
-
-    settings = {name: getattr(config, name) for name in CONFIG_NAMES
-                if name not in ("ensemble", "tta", "resume", "deterministic", "devices", "SHOW_INCORRECT")}
-    settings.update(member_seed=member_seed, n_train=len(train_labels), train_labels_sum=int(train_labels.sum()))
-    finished_marker = f"{member_dir}/finished.json"
-    tf.random.set_seed(member_seed)
-    with strategy.scope():  # the network's variables: a copy on each device
-        model, recipe = network_and_recipe(config, member_seed)
-    if config.ensemble > 1 and read_json(finished_marker) == settings:
-        tf.train.Checkpoint(model=model).read(tf.train.latest_checkpoint(f"{member_dir}/best")).expect_partial()
-        print(f"  reusing the finished member in {member_dir}")
-        return model, None
-    settings_file = f"{member_dir}/settings.json"
-    if config.resume and read_json(settings_file) not in (None, settings):
-        changed = [name for name, value in read_json(settings_file).items() if settings.get(name) != value]
-        raise CheckpointMismatch(f"{member_dir}/latest was trained with other settings ({', '.join(changed)}); "
-                                 "resume with the same flags")
-    os.makedirs(member_dir, exist_ok=True)
-    write_json(settings_file, settings)
-    history = train_model(model, train_images, train_labels, val_images, val_labels, seed=member_seed,
-                          checkpoint_dir=member_dir, log_dir=log_dir, resume=config.resume, strategy=strategy,
-                          compute_dtype=compute_dtype, **recipe)
-    write_json(finished_marker, settings)
-    return model, history
-
-
-def read_json(path):
-    """The file's contents, or None if there is no such file."""
-    if not os.path.exists(path):
-        return None
-    with open(path) as file:
-        return json.load(file)
-
-
-def write_json(path, value):
-    """Written to a temporary name, then renamed: a crash leaves the old file or the new, never half of one."""
-    import report
-    report.write_text(path, json.dumps(value))
-
-
-def network_and_recipe(config, seed):
-    """The network to train and train.train's keyword arguments for it: --model's network with its own recipe,
-    over which every recipe setting given a value other than its default wins; or --params' tuned network,
-    whose optimiser, learning rate, batch size and dropout come from the file."""
-    from model import build_model, training_recipe
-
-    overrides = {name: getattr(config, name) for name in RECIPE_SETTINGS if getattr(config, name) != DEFAULTS[name]}
-    dropout_rate = overrides.pop("dropout_rate", None)
-    if config.params:
-        import tune
-        recipe = training_recipe(config.model, **overrides)
-        return tune.build_network(config.params, seed), {**recipe, **tune.training_arguments(config.params)}
-    return build_model(config.model, dropout_rate, seed), training_recipe(config.model, **overrides)
-
-
-TTA_SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]  # (rows, columns): the digit and its one-pixel shifts
-
-
-def ensemble_probabilities(models, images, tta=False):
-    """The mean softmax output over the models and, with tta, over the digit shifted by a pixel each way."""
+def print_validation_accuracy(config, history, val_probabilities, val_labels):
+    """The accuracy on the validation split: for one network, that of the epoch chosen on these same digits,
+    so an optimistic figure (benchmarks/holdout.py measures on digits that took part in no choice)."""
     import numpy as np
-    from train import predict_probabilities
+    from train import best_epoch
 
-    shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
-    return np.mean([predict_probabilities(model, np.roll(images, shift, axis=(1, 2)))
-                    for model in models for shift in shifts], axis=0)
+    accuracy = float(np.mean(val_probabilities.argmax(1) == val_labels))
+    if config.ensemble == 1:
+        what = f"validation accuracy (best epoch, {best_epoch(history)['epoch']} of {len(history)})"
+    else:
+        what = f"validation accuracy of the {config.ensemble}-member ensemble"
+    print(f"{what}{' with test-time augmentation' if config.tta else ''}: {100 * accuracy:.2f}%")
 
 
-def export_saved_model(models, path):
-    """A SavedModel whose `serving_default` maps images [N, 28, 28, 1] in [0, 1] to class probabilities (the
-    mean over the models' softmax outputs), loadable with tf.saved_model.load alone. Written beside the old
-    one, then swapped in."""
-    import shutil
-    import tensorflow as tf
-
-    module = tf.Module()
-    module.models = list(models)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="images")])
-    def serve(images):
-        return {"probabilities": tf.add_n([tf.nn.softmax(m(images, training=False)) for m in module.models])
-                / len(module.models)}
-
-    module.serve = serve
-    temporary = path + ".tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    tf.saved_model.save(module, temporary, signatures=serve)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(temporary, path)
+def print_misclassified(val_probabilities, val_labels):
+    import report
+    predictions = val_probabilities.argmax(1)
+    print(f"misclassified validation digits (pictured in {RESOURCES_DIR}/misclassified_digits.png):")
+    for index in report.misclassified(val_labels, val_probabilities):
+        print(f"  validation digit {index}: true {val_labels[index]}, predicted {predictions[index]} "
+              f"(probability {val_probabilities[index, predictions[index]]:.2f})")
 
 
 if __name__ == "__main__":

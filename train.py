@@ -1,7 +1,13 @@
-"""The training loop: mini-batches, augmentation, Adam, a one-cycle learning rate, early stopping,
-checkpoints and TensorBoard logs. run.py calls train(); so do the experiments and the tuner.
+"""The training loop: mini-batches, augmentation, an optimiser and its learning-rate schedule, early stopping,
+checkpoints and TensorBoard logs. run.py calls train(); so do the experiments, the tuner and the benchmarks.
 Also the write-ups' extras: class weights, an L1/L2 weight penalty, a learning rate cut on a plateau.
+
+    train(model, split, recipe, seed, options)   -> the history, one dict per epoch
+
+Read top to bottom: what a run is given (Recipe, RunOptions), the loss, then Training: building the step,
+one epoch, the end of an epoch (evaluation, the best epoch, early stopping), checkpoints and resumption, logs.
 """
+import dataclasses
 import json
 import math
 import signal
@@ -9,6 +15,7 @@ import sys
 import threading
 import time
 import weakref
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -17,6 +24,39 @@ from tools import Adadelta, Adam, LossScaleOptimizer, Nadam, data_augmentation, 
 
 EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
+SCHEDULES = ("one_cycle", "constant", "plateau")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a network is trained: everything but the data, the seed and where the outputs go.
+    Each network's own recipe is in model.MODELS."""
+    max_n_epochs: int             # the one-cycle schedule spans this many; early stopping may end sooner
+    patience: int                 # epochs without a better validation accuracy before stopping
+    batch_size: int
+    learning_rate: float          # the schedule's peak (one_cycle) or its start (constant, plateau)
+    optimizer: str = "adam"       # a name in OPTIMIZERS
+    schedule: str = "constant"    # one_cycle, constant, or plateau: learning_rate * plateau_factor each time
+    plateau_patience: int = 4     # ... epochs pass without a lower validation loss (Keras' ReduceLROnPlateau)
+    plateau_factor: float = 0.1
+    label_smoothing: float = 0.0
+    augmentation: dict | None = None  # keyword arguments of tools.data_augmentation; None: none
+    class_weights: object = None  # per-class loss weights [10], "balanced" (from the training labels), or None
+    weight_penalty: tuple | None = None  # (l1, l2) for kernel_penalty, added to the loss
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Where a run's outputs go and what it runs on; none of it changes what is learnt."""
+    checkpoint_dir: str | None = None  # tf.train.CheckpointManager's 'latest' and 'best' go here
+    log_dir: str | None = None         # TensorBoard
+    resume: bool = False               # go on from checkpoint_dir/latest, if there is one, exactly where it stopped
+    # after_step(step, training_seconds) after every step; its returning True ends training there (the
+    # benchmarks measure from it, the tuner prunes from it)
+    after_step: Callable | None = None
+    strategy: object = None            # a tf.distribute.Strategy whose replicas share each batch; None: one device
+    compute_dtype: str = "float32"     # or float16/bfloat16: the layers compute in it, the weights stay float32
+    verbose: bool = True
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0, class_weights=None, global_batch_size=None):
@@ -107,186 +147,231 @@ class ProgressBar:
             print("\r" + " " * (self.width + 40) + "\r", end="", flush=True)
 
 
-def train(model, train_images, train_labels, val_images, val_labels, *, max_n_epochs, patience, batch_size,
-          learning_rate, seed, label_smoothing=0.0, augmentation=None, optimizer="adam", schedule="one_cycle",
-          plateau_patience=4, plateau_factor=0.1, class_weights=None, weight_penalty=None,
-          checkpoint_dir=None, log_dir=None, resume=False, after_step=None, strategy=None, compute_dtype="float32",
-          verbose=True):
-    """Train `model` in place and restore its best epoch (by validation accuracy, then loss).
+def train(model, split, recipe, seed, options=RunOptions()):
+    """Train `model` in place on split = (train_images, train_labels, val_images, val_labels) by `recipe`, then
+    restore its best epoch (best_epoch). -> the history: one dict per epoch.
 
-    augmentation: keyword arguments for tools.data_augmentation, or None for none.
-    optimizer: a name in OPTIMIZERS; schedule: 'one_cycle' (peak learning_rate), 'constant', or 'plateau'
-    (learning_rate, times plateau_factor whenever plateau_patience epochs pass without a lower validation loss).
-    class_weights: per-class loss weights [10], 'balanced' (from train_labels), or None.
-    weight_penalty: (l1, l2) for kernel_penalty, added to the loss; or None.
-    checkpoint_dir: where tf.train.CheckpointManager keeps 'latest' and 'best'; log_dir: TensorBoard.
-    resume: go on from checkpoint_dir/latest, if there is one, exactly where it stopped.
     Ctrl-C or SIGTERM ends the current step, saves 'latest' and raises TrainingInterrupted; a loss that is not
     finite raises TrainingDiverged; a 'latest' that does not fit the network raises CheckpointMismatch.
-    after_step(step, training_seconds): called after every step (benchmarks evaluate from it).
-    strategy: a tf.distribute.Strategy whose replicas share each batch (the model must have been built in its
-    scope); None: TensorFlow's default, one device.
-    compute_dtype: 'float32', or 'float16'/'bfloat16' for mixed precision: the layers compute in it while the
-    weights and their updates stay float32; float16 adds dynamic loss scaling (tools.LossScaleOptimizer).
-    Returns the history: a list of one dict per epoch.
-    """
-    strategy = strategy or tf.distribute.get_strategy()
-    n_replicas = strategy.num_replicas_in_sync
-    if n_replicas > 1 and not strategy.extended.variable_created_in_scope(model.trainable_variables[0]):
-        raise ValueError("train(strategy=...) needs a model built under strategy.scope()")
-    n_train = len(train_images)
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    total_steps = steps_per_epoch * max_n_epochs
-    plateau = Plateau(plateau_patience, plateau_factor)
-    if isinstance(class_weights, str) and class_weights == "balanced":
-        class_weights = balanced_class_weights(train_labels)
-    if class_weights is not None:
-        class_weights = tf.constant(class_weights, tf.float32)
-    images = tf.constant(train_images)
-    labels = tf.constant(train_labels)
-    # Everything a resumed run needs to go on exactly where this one stopped: the weights, the optimiser's
-    # slots, the random stream of augmentation and dropout, the best epoch's weights and the loop's own
-    # counters (`progress`, kept as JSON). The data order needs no saving: it is a function of (seed, epoch).
-    with strategy.scope():  # a copy of each variable on every replica's device
-        optimizer = OPTIMIZERS[optimizer](model.trainable_variables, learning_rate=learning_rate)
-        if compute_dtype == "float16":
-            optimizer = LossScaleOptimizer(optimizer)
-        rng = tf.random.Generator.from_seed(seed)
-        best_weights = [tf.Variable(variable, trainable=False) for variable in model.variables]
-    progress_text = tf.Variable("", dtype=tf.string, trainable=False)  # the host's alone: replicas never read it
+    With options.strategy, the model must have been built under strategy.scope()."""
+    return Training(model, split, recipe, seed, options).run()
 
-    def replica_step(batch_images, batch_labels):
+
+def best_epoch(history):
+    """The epoch that train() keeps: the highest validation accuracy, then the lowest validation loss, the
+    earliest of equals; without a validation split, the last."""
+    if not history or math.isnan(history[-1]["val_accuracy"]):
+        return history[-1] if history else None
+    return max(history, key=lambda record: (record["val_accuracy"], -record["val_loss"]))
+
+
+class Training:
+    """One run of train(): the state a run keeps and the pieces of a run, each a method.
+
+    The state is everything a resumed run needs to go on exactly where this one stopped: the weights, the
+    optimiser's slots, the random stream of augmentation and dropout, the best epoch's weights and the loop's
+    own counters (`progress`, kept in the checkpoint as JSON). The data order needs no saving: it is a
+    function of (seed, epoch)."""
+
+    def __init__(self, model, split, recipe, seed, options):
+        if recipe.optimizer not in OPTIMIZERS or recipe.schedule not in SCHEDULES:
+            raise ValueError(f"unknown optimizer {recipe.optimizer!r} or schedule {recipe.schedule!r}")
+        self.model, self.recipe, self.seed, self.options = model, recipe, seed, options
+        self.strategy = options.strategy or tf.distribute.get_strategy()
+        if (self.strategy.num_replicas_in_sync > 1
+                and not self.strategy.extended.variable_created_in_scope(model.trainable_variables[0])):
+            raise ValueError("train() with a strategy needs a model built under strategy.scope()")
+        train_images, train_labels, self.val_images, self.val_labels = split
+        self.n_train = len(train_images)
+        self.steps_per_epoch = math.ceil(self.n_train / recipe.batch_size)
+        self.images, self.labels = tf.constant(train_images), tf.constant(train_labels)
+        class_weights = recipe.class_weights
+        if isinstance(class_weights, str) and class_weights == "balanced":
+            class_weights = balanced_class_weights(train_labels)
+        self.class_weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
+        with self.strategy.scope():  # a copy of each variable on every replica's device
+            self.optimizer = OPTIMIZERS[recipe.optimizer](model.trainable_variables, learning_rate=recipe.learning_rate)
+            if options.compute_dtype == "float16":  # float16's narrow range needs the loss scaled
+                self.optimizer = LossScaleOptimizer(self.optimizer)
+            self.rng = tf.random.Generator.from_seed(seed)
+            self.best_weights = [tf.Variable(variable, trainable=False) for variable in model.variables]
+        self.plateau = Plateau(recipe.plateau_patience, recipe.plateau_factor)
+        self.progress = dict(epochs_done=0, steps_done=0, loss_sum=0.0, correct_sum=0.0, best_epoch=0, history=[],
+                             plateau=[self.plateau.best, self.plateau.flat_epochs])
+        self.training_seconds = 0.0
+        self.step = tf.function(self.global_step, input_signature=[tf.TensorSpec([None], tf.int32)])
+        self.open_checkpoints()
+        self.writers = self.open_logs()
+
+    # ---- the step ----
+
+    def replica_step(self, batch_images, batch_labels):
         """One replica's consecutive share of the global batch -> its part of the loss, of the gradients (whose
         sums over the replicas are the global batch's) and of the count of correct answers."""
+        n_replicas, compute_dtype = self.strategy.num_replicas_in_sync, self.options.compute_dtype
         global_batch_size = tf.shape(batch_labels)[0]
         share = (global_batch_size + n_replicas - 1) // n_replicas
         start = tf.distribute.get_replica_context().replica_id_in_sync_group * share
         batch_images, batch_labels = batch_images[start:start + share], batch_labels[start:start + share]
         with tf.GradientTape() as tape:
             # dropout: each replica its own random stream. The loss is float32 whatever the layers compute in.
-            logits = tf.cast(model(tf.cast(batch_images, compute_dtype), training=True, rng=rng), tf.float32)
-            loss = cross_entropy(logits, batch_labels, label_smoothing, class_weights, global_batch_size)
-            if weight_penalty:  # counted once over the replicas, not once on each
-                loss += tf.nn.scale_regularization_loss(kernel_penalty(model.trainable_variables, *weight_penalty))
-            differentiated = optimizer.scale_loss(loss) if compute_dtype == "float16" else loss
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), batch_labels), tf.float32))
-        return loss, tape.gradient(differentiated, model.trainable_variables), correct
+            logits = tf.cast(self.model(tf.cast(batch_images, compute_dtype), training=True, rng=self.rng), tf.float32)
+            loss = cross_entropy(logits, batch_labels, self.recipe.label_smoothing, self.class_weights,
+                                 global_batch_size)
+            if self.recipe.weight_penalty:  # counted once over the replicas, not once on each
+                penalty = kernel_penalty(self.model.trainable_variables, *self.recipe.weight_penalty)
+                loss += tf.nn.scale_regularization_loss(penalty)
+            differentiated = self.optimizer.scale_loss(loss) if compute_dtype == "float16" else loss
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), batch_labels),
+                                        tf.float32))
+        return loss, tape.gradient(differentiated, self.model.trainable_variables), correct
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
-    def train_step(batch_indices):
-        batch_images = tf.gather(images, batch_indices)
-        batch_labels = tf.gather(labels, batch_indices)
-        if augmentation:  # on the global batch, so that its random draws do not depend on the number of replicas
-            batch_images = data_augmentation(batch_images, rng, **augmentation)
-        loss, gradients, correct = strategy.run(replica_step, args=(batch_images, batch_labels))
-        loss, correct, *gradients = [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+    def global_step(self, batch_indices):
+        """One step on the batch of these rows -> (its mean loss, its count of correct answers). Traced once."""
+        batch_images = tf.gather(self.images, batch_indices)
+        batch_labels = tf.gather(self.labels, batch_indices)
+        if self.recipe.augmentation:  # on the global batch: its random draws do not depend on the replica count
+            batch_images = data_augmentation(batch_images, self.rng, **self.recipe.augmentation)
+        loss, gradients, correct = self.strategy.run(self.replica_step, args=(batch_images, batch_labels))
+        loss, correct, *gradients = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                                      for value in [loss, correct, *gradients]]
-        if schedule == "one_cycle":
-            optimizer.learning_rate.assign(one_cycle_learning_rate(optimizer.iterations, total_steps, learning_rate))
-        optimizer.apply_gradients(gradients)  # once, on the summed gradients: every replica's copy moves alike
+        if self.recipe.schedule == "one_cycle":
+            total_steps = self.steps_per_epoch * self.recipe.max_n_epochs
+            self.optimizer.learning_rate.assign(
+                one_cycle_learning_rate(self.optimizer.iterations, total_steps, self.recipe.learning_rate))
+        self.optimizer.apply_gradients(gradients)  # once, on the summed gradients: every replica's copy moves alike
         # (for float16, LossScaleOptimizer unscales them, or skips the step if they overflowed)
         return loss, correct
 
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng=rng, best_weights=best_weights,
-                                     progress=progress_text)
-    latest = best = None
-    if checkpoint_dir:
-        latest = tf.train.CheckpointManager(checkpoint, f"{checkpoint_dir}/latest", max_to_keep=1)
-        best = tf.train.CheckpointManager(checkpoint, f"{checkpoint_dir}/best", max_to_keep=1)
-    progress = dict(epochs_done=0, steps_done=0, loss_sum=0.0, correct_sum=0.0, best_key=None, best_epoch=0,
-                    history=[], plateau=[plateau.best, plateau.flat_epochs])
-    if resume and latest and latest.latest_checkpoint:
-        restore_checkpoint(checkpoint, latest.latest_checkpoint)
-        progress = json.loads(progress_text.numpy().decode())
-        plateau.best, plateau.flat_epochs = progress["plateau"]
-        if verbose:
-            print(f"resuming after epoch {progress['epochs_done']}, step {progress['steps_done']}, "
-                  f"from {latest.latest_checkpoint}")
+    # ---- epochs ----
 
-    def save(manager):
-        progress["plateau"] = [plateau.best, plateau.flat_epochs]
-        progress_text.assign(json.dumps(progress))
-        manager.save(checkpoint_number=optimizer.iterations)  # a new name each time: the old stays till it is written
+    def run(self):
+        with StopRequests() as stop:
+            for epoch in range(self.progress["epochs_done"] + 1, self.recipe.max_n_epochs + 1):
+                if self.patience_ran_out():
+                    break  # an early-stopped run, resumed: nothing left to do
+                started = time.time()
+                if not self.run_epoch(epoch, stop):
+                    break  # after_step ended training
+                self.end_epoch(epoch, time.time() - started)
+                if self.patience_ran_out():
+                    self.say(f"early stopping: no validation improvement for {self.recipe.patience} epochs")
+                    break
+                if stop.requested:
+                    raise TrainingInterrupted(f"{stop.requested} at the end of epoch {epoch}" + self.saved_in())
+        for variable, copy in zip(self.model.variables, self.best_weights):
+            variable.assign(copy)
+        self.say(f"restored the best epoch, {self.progress['best_epoch']}")
+        return self.progress["history"]
 
-    writers = None
-    if log_dir:
-        writers = {split: tf.summary.create_file_writer(f"{log_dir}/{split}") for split in ("train", "validation")}
-        with writers["train"].as_default():
-            tf.summary.graph(train_step.get_concrete_function().graph)
-
-    history, training_seconds = progress["history"], 0.0
-    with StopRequests() as stop:
-        for epoch_index in range(progress["epochs_done"] + 1, max_n_epochs + 1):
-            if progress["epochs_done"] - progress["best_epoch"] >= patience:
-                break  # an early-stopped run, resumed: nothing left to do
-            started = time.time()
-            order = np.random.default_rng([seed, epoch_index]).permutation(n_train).astype(np.int32)
-            bar = ProgressBar(steps_per_epoch, enabled=verbose)
-            for step in range(progress["steps_done"], steps_per_epoch):
+    def run_epoch(self, epoch, stop):
+        """The epoch's remaining steps, in the epoch's own order. -> False if after_step ended training."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n_train).astype(np.int32)
+        batch_size, progress = self.recipe.batch_size, self.progress
+        bar = ProgressBar(self.steps_per_epoch, enabled=self.options.verbose)
+        try:
+            for step in range(progress["steps_done"], self.steps_per_epoch):
                 step_started = time.time()
                 batch_indices = order[step * batch_size:(step + 1) * batch_size]
-                loss, correct = train_step(batch_indices)
+                loss, correct = self.step(batch_indices)
                 loss = float(loss)
                 if not math.isfinite(loss):
-                    bar.close()
                     raise TrainingDiverged(
-                        f"the training loss became {loss} at epoch {epoch_index}, step {step + 1}; "
-                        + (f"the last good checkpoint is in {checkpoint_dir}/latest; " if latest else "")
-                        + "try a lower --learning_rate")
+                        f"the training loss became {loss} at epoch {epoch}, step {step + 1}; "
+                        + (f"the last good checkpoint is in {self.options.checkpoint_dir}/latest; "
+                           if self.managers else "") + "try a lower --learning_rate")
                 progress["loss_sum"] += loss * len(batch_indices)
                 progress["correct_sum"] += float(correct)
                 progress["steps_done"] = step + 1
-                training_seconds += time.time() - step_started
-                if after_step:
-                    after_step((epoch_index - 1) * steps_per_epoch + step + 1, training_seconds)
+                self.training_seconds += time.time() - step_started
                 bar.update(step + 1, progress["loss_sum"] / ((step + 1) * batch_size))
-                if stop.requested and step + 1 < steps_per_epoch:
-                    bar.close()
-                    if latest:
-                        save(latest)
-                    raise TrainingInterrupted(
-                        f"{stop.requested} at epoch {epoch_index}, step {step + 1} of {steps_per_epoch}"
-                        + (f"; everything is saved in {checkpoint_dir}/latest" if latest else ""))
+                after_step = self.options.after_step
+                if after_step and after_step((epoch - 1) * self.steps_per_epoch + step + 1, self.training_seconds):
+                    return False
+                if stop.requested and step + 1 < self.steps_per_epoch:
+                    self.save("latest")
+                    raise TrainingInterrupted(f"{stop.requested} at epoch {epoch}, step {step + 1} of "
+                                              f"{self.steps_per_epoch}" + self.saved_in())
+        finally:
             bar.close()
-            val_loss, val_accuracy = evaluate(model, val_images, val_labels) if len(val_labels) else (math.nan,) * 2
-            record = dict(epoch=epoch_index, train_loss=progress["loss_sum"] / n_train,
-                          train_accuracy=progress["correct_sum"] / n_train, val_loss=val_loss,
-                          val_accuracy=val_accuracy, learning_rate=float(optimizer.learning_rate.numpy()),
-                          seconds=time.time() - started)
-            history.append(record)
-            progress.update(epochs_done=epoch_index, steps_done=0, loss_sum=0.0, correct_sum=0.0)
-            if verbose:
-                print(f"epoch {epoch_index:3d}/{max_n_epochs}  train loss {record['train_loss']:.4f} "
-                      f"acc {100 * record['train_accuracy']:.2f}%  val loss {val_loss:.4f} "
-                      f"acc {100 * val_accuracy:.2f}%  lr {record['learning_rate']:.2e}  {record['seconds']:.1f}s",
-                      flush=True)
-            if writers:
-                log_epoch(writers, model, record)
-            if schedule == "plateau":  # Keras watches the validation loss; without a validation split, the training loss
-                optimizer.learning_rate.assign(plateau(val_loss if len(val_labels) else record["train_loss"],
-                                                       record["learning_rate"]))
-            key = [val_accuracy, -val_loss]
-            if progress["best_key"] is None or key > progress["best_key"] or not len(val_labels):
-                progress.update(best_key=key, best_epoch=epoch_index)
-                for copy, variable in zip(best_weights, model.variables):
-                    copy.assign(variable)
-                if best:
-                    save(best)
-            if latest:
-                save(latest)
-            if epoch_index - progress["best_epoch"] >= patience:
-                if verbose:
-                    print(f"early stopping: no validation improvement for {patience} epochs")
-                break
-            if stop.requested:
-                raise TrainingInterrupted(f"{stop.requested} at the end of epoch {epoch_index}"
-                                          + (f"; everything is saved in {checkpoint_dir}/latest" if latest else ""))
-    for variable, copy in zip(model.variables, best_weights):
-        variable.assign(copy)
-    if verbose:
-        print(f"restored the best epoch, {progress['best_epoch']}")
-    return history
+        return True
 
+    def end_epoch(self, epoch, seconds):
+        """Evaluate, log, adjust a plateau schedule, keep the weights if this is the best epoch, save."""
+        progress = self.progress
+        val_loss, val_accuracy = (evaluate(self.model, self.val_images, self.val_labels) if len(self.val_labels)
+                                  else (math.nan, math.nan))
+        record = dict(epoch=epoch, train_loss=progress["loss_sum"] / self.n_train,
+                      train_accuracy=progress["correct_sum"] / self.n_train, val_loss=val_loss,
+                      val_accuracy=val_accuracy, learning_rate=float(self.optimizer.learning_rate.numpy()),
+                      seconds=seconds)
+        progress["history"].append(record)
+        progress.update(epochs_done=epoch, steps_done=0, loss_sum=0.0, correct_sum=0.0)
+        self.say(f"epoch {epoch:3d}/{self.recipe.max_n_epochs}  train loss {record['train_loss']:.4f} "
+                 f"acc {100 * record['train_accuracy']:.2f}%  val loss {val_loss:.4f} acc {100 * val_accuracy:.2f}%  "
+                 f"lr {record['learning_rate']:.2e}  {seconds:.1f}s")
+        if self.writers:
+            log_epoch(self.writers, self.model, record)
+        if self.recipe.schedule == "plateau":  # Keras watches the validation loss; without one, the training loss
+            watched = val_loss if len(self.val_labels) else record["train_loss"]
+            self.optimizer.learning_rate.assign(self.plateau(watched, record["learning_rate"]))
+        if best_epoch(progress["history"]) is record:
+            progress["best_epoch"] = epoch
+            for copy, variable in zip(self.best_weights, self.model.variables):
+                copy.assign(variable)
+            self.save("best")
+        self.save("latest")
+
+    def patience_ran_out(self):
+        return self.progress["epochs_done"] - self.progress["best_epoch"] >= self.recipe.patience
+
+    # ---- checkpoints ----
+
+    def open_checkpoints(self):
+        """tf.train.CheckpointManagers for checkpoint_dir/latest and /best (none without a checkpoint_dir), and,
+        with options.resume, the state of the latest checkpoint restored."""
+        self.progress_text = tf.Variable("", dtype=tf.string, trainable=False)  # the host's: replicas never read it
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, rng=self.rng,
+                                              best_weights=self.best_weights, progress=self.progress_text)
+        directory = self.options.checkpoint_dir
+        self.managers = {} if not directory else {
+            which: tf.train.CheckpointManager(self.checkpoint, f"{directory}/{which}", max_to_keep=1)
+            for which in ("latest", "best")}
+        latest = self.managers and self.managers["latest"].latest_checkpoint
+        if self.options.resume and latest:
+            restore_checkpoint(self.checkpoint, latest)
+            self.progress.update(json.loads(self.progress_text.numpy().decode()))
+            self.plateau.best, self.plateau.flat_epochs = self.progress["plateau"]
+            self.say(f"resuming after epoch {self.progress['epochs_done']}, step {self.progress['steps_done']}, "
+                     f"from {latest}")
+
+    def save(self, which):
+        """The whole state to checkpoint_dir/which, under a new name each time: TensorFlow switches its
+        'checkpoint' file to it only once it is written, so a crash keeps the previous one."""
+        if self.managers:
+            self.progress["plateau"] = [self.plateau.best, self.plateau.flat_epochs]
+            self.progress_text.assign(json.dumps(self.progress))
+            self.managers[which].save(checkpoint_number=self.optimizer.iterations)
+
+    def saved_in(self):
+        return f"; everything is saved in {self.options.checkpoint_dir}/latest" if self.managers else ""
+
+    # ---- logs ----
+
+    def open_logs(self):
+        """TensorBoard writers for the training and validation curves, with the step's graph; None without a
+        log_dir."""
+        if not self.options.log_dir:
+            return None
+        writers = {split: tf.summary.create_file_writer(f"{self.options.log_dir}/{split}")
+                   for split in ("train", "validation")}
+        with writers["train"].as_default():
+            tf.summary.graph(self.step.get_concrete_function().graph)
+        return writers
+
+    def say(self, line):
+        if self.options.verbose:
+            print(line, flush=True)
 
 class TrainingInterrupted(Exception):
     """Ctrl-C or SIGTERM stopped training at a consistent point, after saving it (with a checkpoint_dir)."""

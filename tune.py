@@ -17,16 +17,17 @@ resources/tuning_accuracies.png and model/best_params.json.
 # ---- settings: each is also a flag, e.g. --trials 20 ----
 trials = 100                          # trials to run now, on top of those already in the study
 timeout = 0                           # seconds; 0: no limit. A trial still training then is stopped there
-epochs = 10                           # per trial; the one-cycle schedule spans them
+max_n_epochs = 10                     # per trial; the one-cycle schedule spans them
 patience = 3                          # a trial stops after this many epochs without a better validation accuracy
 rows = 0                              # use the first this many digits of train.csv; 0: all
 prune_after = 5                       # finished trials before pruning starts: the median needs a few to mean much
-storage = "sqlite:///model/tuning.db"
+storage = "sqlite:///model/tuning.db"   # where the study lives (an Optuna storage URL)
 study = "digit-recognizer"            # the study's name in the storage
+percent_data_for_training = 90        # of the digits, to train each trial; the rest scores it
+seed = 42                             # the split, every trial's initial weights and data order, the sampler
 quick = False                         # 3,000 digits, 2 epochs a trial, 10 trials, at most 120 s: a smoke run
 # ------------------------------------------------------------------------------
-SETTINGS = {name: value for name, value in globals().items() if not name.startswith("_")}
-QUICK = dict(rows=3000, epochs=2, trials=10, timeout=120, prune_after=3, study="digit-recognizer-quick")
+QUICK = dict(rows=3000, max_n_epochs=2, trials=10, timeout=120, prune_after=3, study="digit-recognizer-quick")
 
 # ---- the search space ----
 CONV_LAYERS = (2, 3)                  # 28x28 -> 14x14 -> 7x7 (-> 3x3): each block halves the digit
@@ -48,78 +49,31 @@ import sys
 import time
 from collections import Counter
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
+from devices import import_tensorflow
+
+tf = import_tensorflow()
 import numpy as np
 import optuna
-import tensorflow as tf
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 from optuna.trial import TrialState
 
 import data
-from flags import settings_parser
-import report
-import run  # the default recipe's settings: importing it defines names and nothing more
+import files
+import flags
 import train
-from model import N_CLASSES, conv_bn_relu, conv_kernel, flatten, he_normal, max_pool, weight
-from tools import batch_norm_variables, batch_normalize, dropout
+from model import MODELS, DigitNet, training_recipe, tuned_network, tuned_recipe
 
-# The project's default, model.DigitNet trained by run.py's recipe, as a trial draws it. A new study trains it
-# first, so that the results show what the search found beside the default, trained the same way.
+# Every trial is trained by the project's default recipe (model.MODELS["digitnet"]) but for what the trial
+# draws: the network, the optimiser, its learning rate, the batch size and dropout.
+DEFAULT_RECIPE = MODELS["digitnet"].recipe
+# The project's default, model.DigitNet with its recipe, as a trial draws it. A new study trains it first, so
+# that the results show what the search found beside the default, trained the same way.
 DEFAULT_TRIAL = {"conv_layers": 3, "filters_1": 32, "kernel_size_1": 5, "filters_2": 64, "kernel_size_2": 3,
                  "filters_3": 128, "kernel_size_3": 3, "dense_layers": 1, "units_1": 128,
-                 "dropout_rate": run.dropout_rate, "optimizer": "adam", "learning_rate_adam": run.learning_rate,
-                 "batch_size": run.batch_size}
-AUGMENTATION = dict(max_rotation_degrees=run.max_rotation_degrees, max_shift_fraction=run.max_shift_fraction,
-                    max_zoom_fraction=run.max_zoom_fraction)
-
-
-class TunedCNN(tf.Module):
-    """A network from the search space: a conv block per entry of `filters`, a dense layer per entry of `units`.
-
-        28x28x1 -> conv k1xk1 f1, BN, ReLU -> maxpool -> 14x14xf1
-                -> conv k2xk2 f2, BN, ReLU -> maxpool ->  7x7xf2
-               [-> conv k3xk3 f3, BN, ReLU -> maxpool ->  3x3xf3]       a third conv layer, if any
-                -> flatten
-                -> dense u1, BN, ReLU -> dropout
-               [-> dense u2, BN, ReLU -> dropout]                       a second dense layer, if any
-                -> dense 10
-    """
-
-    def __init__(self, filters, kernel_sizes, units, dropout_rate, seed=0):
-        super().__init__()
-        rng = tf.random.Generator.from_seed(seed)
-        self.dropout_rate = dropout_rate
-        channels_in = [1, *filters[:-1]]
-        self.conv_kernels = [conv_kernel(rng, size, n_in, n_out)
-                             for size, n_in, n_out in zip(kernel_sizes, channels_in, filters)]
-        self.conv_bns = [batch_norm_variables(n) for n in filters]
-        side = 28 // 2 ** len(filters)  # each 2x2 pooling halves the side, rounding down
-        widths_in = [side * side * filters[-1], *units[:-1]]
-        self.dense_kernels = [he_normal(rng, [n_in, n_out], n_in) for n_in, n_out in zip(widths_in, units)]
-        self.dense_bns = [batch_norm_variables(n) for n in units]
-        self.logits_kernel = tf.Variable(rng.normal([units[-1], N_CLASSES]) * math.sqrt(1.0 / units[-1]))
-        self.logits_bias = tf.Variable(tf.zeros([N_CLASSES]))
-
-    def __call__(self, images, training=False, rng=None):
-        x = images
-        for kernel, bn in zip(self.conv_kernels, self.conv_bns):
-            x = max_pool(conv_bn_relu(x, kernel, bn, training))
-        x = flatten(x)
-        for kernel, bn in zip(self.dense_kernels, self.dense_bns):
-            x = dropout(tf.nn.relu(batch_normalize(x @ weight(kernel, x), bn, training)), self.dropout_rate, rng,
-                        training)
-        return x @ weight(self.logits_kernel, x) + weight(self.logits_bias, x)
-
-
-def build_network(params, seed):
-    """The network that params (suggest_params' or load_params' dict) describe, its weights drawn from seed."""
-    return TunedCNN(params["filters"], params["kernel_sizes"], params["units"], params["dropout_rate"], seed)
-
-
-def training_arguments(params):
-    """The keyword arguments of train.train that params set."""
-    return dict(optimizer=params["optimizer"], learning_rate=params["learning_rate"], batch_size=params["batch_size"])
+                 "dropout_rate": DigitNet().dropout_rate, "optimizer": DEFAULT_RECIPE.optimizer,
+                 f"learning_rate_{DEFAULT_RECIPE.optimizer}": DEFAULT_RECIPE.learning_rate,
+                 "batch_size": DEFAULT_RECIPE.batch_size}
 
 
 def suggest_params(trial):
@@ -141,105 +95,61 @@ def suggest_params(trial):
 
 # ---- best_params.json ----
 
-def positive_ints(value, most=math.inf):
-    return isinstance(value, list) and 1 <= len(value) <= most and all(type(v) is int and v > 0 for v in value)
-
-
-def number(value):
-    return type(value) in (int, float)
-
-
-PARAM_CHECKS = {  # key: (test, what the error message says is expected)
-    "filters": (lambda v: positive_ints(v, most=4), "a list of 1-4 positive whole numbers, one per conv layer"),
-    "kernel_sizes": (positive_ints, "a list of positive whole numbers, one per conv layer"),
-    "units": (positive_ints, "a list of positive whole numbers, one per dense layer"),
-    "dropout_rate": (lambda v: number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "optimizer": (lambda v: v in train.OPTIMIZERS, "one of " + ", ".join(train.OPTIMIZERS)),
-    "learning_rate": (lambda v: number(v) and v > 0, "a positive number"),
-    "batch_size": (lambda v: type(v) is int and v > 0, "a positive whole number"),
-}
-
-
 def write_params(path, params):
-    report.write_text(os.fspath(path), json.dumps(params, indent=1) + "\n")
-
-
-def load_params(path):
-    """best_params.json -> params, or data.DataError (one line naming the file and the key) for a file that
-    build_network and training_arguments could not use."""
-    try:
-        with open(path) as file:
-            params = json.load(file)
-    except OSError as error:
-        raise data.DataError(f"{path}: {error.strerror}") from None
-    except ValueError as error:
-        raise data.DataError(f"{path}: not JSON ({error})") from None
-    if not isinstance(params, dict):
-        raise data.DataError(f"{path}: expected a JSON object with the keys {', '.join(PARAM_CHECKS)}")
-    unknown = sorted(params.keys() - PARAM_CHECKS.keys())
-    if unknown:
-        raise data.DataError(f"{path}: unknown key {unknown[0]!r}; the keys are {', '.join(PARAM_CHECKS)}")
-    for key, (test, expected) in PARAM_CHECKS.items():
-        if key not in params:
-            raise data.DataError(f"{path}: {key} is missing; expected {expected}")
-        if not test(params[key]):
-            raise data.DataError(f"{path}: {key} is {json.dumps(params[key])}; expected {expected}")
-    if len(params["kernel_sizes"]) != len(params["filters"]):
-        raise data.DataError(f"{path}: kernel_sizes has {len(params['kernel_sizes'])} sizes for "
-                             f"{len(params['filters'])} conv layers (filters); expected one per conv layer")
-    return params
+    files.write_json(path, params)
 
 
 # ---- the search ----
 
-def open_study(storage_url, name, prune_after):
-    """The study `name` in the storage, created if new, with DEFAULT_TRIAL as its first trial. The sampler's seed
-    counts the trials already there, so that a resumed search goes on to new networks instead of drawing the
-    first ones again."""
-    if storage_url.startswith("sqlite:///"):  # SQLite makes the file but not its directory
-        os.makedirs(os.path.dirname(storage_url.removeprefix("sqlite:///")) or ".", exist_ok=True)
-    study = optuna.create_study(storage=storage_url, study_name=name, direction="maximize", load_if_exists=True,
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=prune_after))
+def open_study(config):
+    """The study config.study in config.storage, created if new, with DEFAULT_TRIAL as its first trial. The
+    sampler's seed counts the trials already there, so that a resumed search goes on to new networks instead of
+    drawing the first ones again."""
+    if config.storage.startswith("sqlite:///"):  # SQLite makes the file but not its directory
+        os.makedirs(os.path.dirname(config.storage.removeprefix("sqlite:///")) or ".", exist_ok=True)
+    study = optuna.create_study(storage=config.storage, study_name=config.study, direction="maximize",
+                                load_if_exists=True, pruner=optuna.pruners.MedianPruner(n_startup_trials=config.prune_after))
     if not study.trials:
         study.enqueue_trial(DEFAULT_TRIAL)
-    study.sampler = optuna.samplers.TPESampler(seed=run.seed + len(study.trials))
+    study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
     return study
 
 
-def run_trial(trial, digits, epochs, patience, deadline):
+def run_trial(trial, digits, config, deadline):
     """Train the trial's network -> its best validation accuracy. Each epoch's accuracy goes to the pruner,
     which may stop the trial there; so does the deadline (time.time() seconds)."""
     params = suggest_params(trial)
     trial.set_user_attr("params", params)
-    train_images, train_labels, val_images, val_labels = digits
-    network = build_network(params, run.seed)
-    steps_per_epoch = math.ceil(len(train_labels) / params["batch_size"])  # as train.train counts them
+    network = tuned_network(params, config.seed)
+    recipe = tuned_recipe(params, training_recipe("digitnet", max_n_epochs=config.max_n_epochs,
+                                                  patience=config.patience))
+    steps_per_epoch = math.ceil(len(digits[1]) / recipe.batch_size)  # as train.train counts them
+    stop = []
 
-    # train.train's only hook is after every step: at the last step of an epoch, score the epoch. Raising here
-    # leaves train.train mid-epoch; the network, its optimiser and its traced step are this trial's alone.
     def after_step(step, training_seconds):
+        """At the last step of an epoch, score the epoch for the pruner; -> True (stop) if pruned or out of time."""
         if step % steps_per_epoch == 0:
-            _, accuracy = train.evaluate(network, val_images, val_labels)
+            _, accuracy = train.evaluate(network, digits[2], digits[3])
             trial.report(accuracy, step // steps_per_epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned()
+                stop.append("pruned")
         if time.time() > deadline:
             trial.set_user_attr("stopped", "out of time")
-            raise optuna.TrialPruned()
+            stop.append("out of time")
+        return bool(stop)
 
-    history = train.train(network, train_images, train_labels, val_images, val_labels, max_n_epochs=epochs,
-                          patience=patience, seed=run.seed, label_smoothing=run.label_smoothing,
-                          augmentation=AUGMENTATION, after_step=after_step, verbose=False,
-                          **training_arguments(params))
+    history = train.train(network, digits, recipe, config.seed, train.RunOptions(after_step=after_step, verbose=False))
+    if stop:
+        raise optuna.TrialPruned()
     return max(record["val_accuracy"] for record in history)
 
 
-def search(study, digits, n_trials, timeout, epochs, patience):
-    """Run up to n_trials more trials of the study, for at most timeout seconds (0: no limit)."""
-    deadline = time.time() + timeout if timeout else math.inf
+def search(study, digits, config):
+    """Run up to config.trials more trials of the study, for at most config.timeout seconds (0: no limit)."""
+    deadline = time.time() + config.timeout if config.timeout else math.inf
     # gc after each trial: a network and its traced functions are held in reference cycles.
-    study.optimize(lambda trial: run_trial(trial, digits, epochs, patience, deadline), n_trials=n_trials,
-                   timeout=timeout or None, callbacks=[print_trial], gc_after_trial=True)
+    study.optimize(lambda trial: run_trial(trial, digits, config, deadline), n_trials=config.trials,
+                   timeout=config.timeout or None, callbacks=[print_trial], gc_after_trial=True)
 
 
 # ---- what it found ----
@@ -306,7 +216,7 @@ def plot_history(trials, path):
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.legend()
     figure.tight_layout()
-    return report.save_figure(figure, path)
+    return files.save_figure(figure, path)
 
 
 def plot_accuracies(finished, path):
@@ -321,7 +231,7 @@ def plot_accuracies(finished, path):
     axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     axis.legend()
     figure.tight_layout()
-    return report.save_figure(figure, path)
+    return files.save_figure(figure, path)
 
 
 def default_sentence(trials, finished):
@@ -355,7 +265,7 @@ def write_results(study, resources_dir=RESOURCES_DIR, model_dir=MODEL_DIR):
             f"## The best {min(10, len(finished))}\n\n{markdown_table(finished[:10])}\n\n"
             f"## The worst {min(10, len(finished))}\n\n{markdown_table(finished[::-1][:10])}\n")
     print(text)
-    report.write_text(f"{resources_dir}/tuning.md", text)
+    files.write_text(f"{resources_dir}/tuning.md", text)
     plot_history(trials, f"{resources_dir}/tuning_history.png")
     plot_accuracies(finished, f"{resources_dir}/tuning_accuracies.png")
     write_params(f"{model_dir}/best_params.json", best.user_attrs["params"])
@@ -366,11 +276,11 @@ def write_results(study, resources_dir=RESOURCES_DIR, model_dir=MODEL_DIR):
 
 def parse_flags(argv):
     """Every setting above becomes --name; --quick changes the defaults of those in QUICK, not what is given."""
-    parser = settings_parser(SETTINGS, __doc__)
+    parser = flags.settings_parser(globals())
     if parser.parse_known_args(argv)[0].quick:
         parser.set_defaults(**QUICK)
     config = parser.parse_args(argv)
-    for name in ("trials", "epochs", "patience"):
+    for name in ("trials", "max_n_epochs", "patience"):
         if getattr(config, name) < 1:
             parser.error(f"--{name} {getattr(config, name)}: must be at least 1")
     if config.timeout < 0 or config.prune_after < 0:
@@ -383,20 +293,20 @@ def parse_flags(argv):
 def main(argv=None):
     config = parse_flags(sys.argv[1:] if argv is None else argv)
     if config.quick:
-        print(f"quick: {config.rows} digits, {config.epochs} epochs a trial, {config.trials} trials or "
+        print(f"quick: {config.rows} digits, {config.max_n_epochs} epochs a trial, {config.trials} trials or "
               f"{config.timeout}s, study {config.study}: a smoke run of the search, its accuracies are not a result")
     try:
         images, labels = data.load_train(data.find_csv("train"), max_rows=config.rows or None)
     except data.DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    digits = data.split_train_validation(images, labels, run.percent_data_for_training, run.seed)
+    digits = data.split_train_validation(images, labels, config.percent_data_for_training, config.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # print_trial says what matters, in one line a trial
     tf.get_logger().setLevel("ERROR")  # every trial traces its own step: TensorFlow's retracing warning is expected
-    tuning = open_study(config.storage, config.study, config.prune_after)
+    tuning = open_study(config)
     # What an accuracy means depends on these: trials run under other settings do not compare.
-    settings = dict(digits=len(labels), epochs=config.epochs, patience=config.patience,
-                    percent_data_for_training=run.percent_data_for_training, seed=run.seed)
+    settings = dict(digits=len(labels), epochs=config.max_n_epochs, patience=config.patience,
+                    percent_data_for_training=config.percent_data_for_training, seed=config.seed)
     recorded = tuning.user_attrs.get("settings", settings)
     if recorded != settings:
         print(f"error: study {config.study} in {config.storage} was run with {recorded}, not "
@@ -404,10 +314,10 @@ def main(argv=None):
         return 2
     tuning.set_user_attr("settings", settings)
     print(f"study {config.study} in {config.storage}: {len(tuning.trials)} trials so far; up to {config.trials} more"
-          f"{f' or {config.timeout}s' if config.timeout else ''}, {config.epochs} epochs each, on "
+          f"{f' or {config.timeout}s' if config.timeout else ''}, {config.max_n_epochs} epochs each, on "
           f"{len(digits[1])} training and {len(digits[3])} validation digits", flush=True)
     try:
-        search(tuning, digits, config.trials, config.timeout, config.epochs, config.patience)
+        search(tuning, digits, config)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished trials are kept in {config.storage}; the same command resumes")
     write_results(tuning)

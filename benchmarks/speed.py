@@ -18,7 +18,7 @@ out = ""                 # the JSON's path (relative to the repo); default: benc
                          # or speed_quick.json with --quick so that a smoke run never overwrites a measurement
 quick = False            # a smoke run: 3 steps after 2 of warm-up, 1 round, 300 test digits twice
 # ------------------------------------------------------------------------------
-SETTINGS = {name: value for name, value in globals().items() if not name.startswith("_")}
+import dataclasses
 import json
 import os
 import platform
@@ -30,24 +30,25 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from flags import settings_parser  # noqa: E402  (the repo's modules are importable only from here on)
+import flags  # noqa: E402  (the repo's modules are importable only from here on)
 
-globals().update(vars(settings_parser(SETTINGS, __doc__).parse_args()))
+globals().update(vars(flags.settings_parser(globals()).parse_args()))
 if quick:
     steps, warmup_steps, rounds, test_rows, inference_repeats = 3, 2, 1, 300, 2
 load_at_start = os.getloadavg()[0]  # recorded: a figure taken on a busy machine should say so
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import numpy as np
-import tensorflow as tf
-import keras
+from devices import import_tensorflow  # noqa: E402
 
-import data
-import model
-import run  # only for the default recipe's settings: importing it defines names and nothing more
-import train
+tf = import_tensorflow()
+import numpy as np  # noqa: E402
+import keras  # noqa: E402
 
-batch_size = run.batch_size
+import data  # noqa: E402
+import model  # noqa: E402
+import train  # noqa: E402
+
+DEFAULT = model.MODELS["digitnet"].recipe  # what python run.py trains
+batch_size = DEFAULT.batch_size
 
 # ---- the digits: the first rows of train.csv, just enough for warm-up + timed steps, and test.csv ----
 images, labels = data.load_train(data.find_csv("train"), max_rows=(warmup_steps + steps) * batch_size)
@@ -59,17 +60,16 @@ test_images = data.load_test(data.find_csv("test"), max_rows=test_rows or None)
 # seconds spent in each step (the tf.function call and reading its loss back) and nothing else.
 # The comparison with Keras is without augmentation on both sides (Keras' random-transform layers are a
 # different computation); the default recipe's step, with augmentation, is timed too, on its own.
-DIGITNET_RECIPE = dict(learning_rate=run.learning_rate, label_smoothing=run.label_smoothing)  # Adam, one-cycle
-DEFAULT_AUGMENTATION = dict(max_rotation_degrees=run.max_rotation_degrees,
-                            max_shift_fraction=run.max_shift_fraction, max_zoom_fraction=run.max_zoom_fraction)
+DIGITNET_RECIPE = dataclasses.replace(DEFAULT, augmentation=None)
 
 
-def time_ours(net, recipe):
+def time_ours(net, recipe, compute_dtype="float32"):
     """Seconds taken by `steps` steps of train.train's own step, after `warmup_steps` untimed ones."""
     cumulative = []
-    recipe = dict(recipe, max_n_epochs=1, patience=1, batch_size=batch_size)
-    train.train(net, images, labels, images[:0], labels[:0], **recipe, seed=run.seed, verbose=False,
-                after_step=lambda step, training_seconds: cumulative.append(training_seconds))
+    recipe = dataclasses.replace(recipe, max_n_epochs=1, patience=1, batch_size=batch_size)
+    options = train.RunOptions(verbose=False, compute_dtype=compute_dtype,
+                               after_step=lambda step, training_seconds: cumulative.append(training_seconds))
+    train.train(net, (images, labels, images[:0], labels[:0]), recipe, 0, options)
     return cumulative[-1] - cumulative[warmup_steps - 1]
 
 
@@ -93,9 +93,9 @@ def keras_digitnet():
 
     net = keras.Sequential([keras.Input((28, 28, 1)), *block(32, 5), *block(64, 3), *block(128, 3), layers.Flatten(),
                             layers.Dense(128, use_bias=False), layers.BatchNormalization(), layers.ReLU(),
-                            layers.Dropout(run.dropout_rate), layers.Dense(model.N_CLASSES)])
-    net.compile(keras.optimizers.Adam(run.learning_rate),
-                keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=run.label_smoothing),
+                            layers.Dropout(ours.dropout_rate), layers.Dense(model.N_CLASSES)])
+    net.compile(keras.optimizers.Adam(DEFAULT.learning_rate),
+                keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=DEFAULT.label_smoothing),
                 metrics=["accuracy"])
     return net
 
@@ -111,8 +111,8 @@ def keras_mnist_cnn():
     return net
 
 
-ours = model.DigitNet(dropout_rate=run.dropout_rate, seed=run.seed)
-ours_classic = model.build_model("cnn_keras_example", seed=run.seed)  # trained as published: Adadelta at 1.0
+ours = model.build_model("digitnet")
+ours_classic = model.build_model("cnn_keras_example")  # trained as published: Adadelta at 1.0
 keras_twin, keras_classic = keras_digitnet(), keras_mnist_cnn()
 # name: (architecture, the Keras twin it is compared with, the network, the timed run)
 contenders = {
@@ -122,10 +122,10 @@ contenders = {
                         lambda: time_ours(ours_classic, model.training_recipe("cnn_keras_example"))),
     "Keras fit, mnist_cnn": ("mnist_cnn", None, keras_classic, lambda: time_keras(keras_classic)),
     "ours, augmentation on (the default recipe)": (
-        "DigitNet", None, ours, lambda: time_ours(ours, dict(DIGITNET_RECIPE, augmentation=DEFAULT_AUGMENTATION))),
+        "DigitNet", None, ours, lambda: time_ours(ours, DEFAULT)),
     # run.py --mixed_precision on a CPU; the % of peak is still of the FP32 peak
     "ours, mixed precision (bfloat16)": (
-        "DigitNet", None, ours, lambda: time_ours(ours, dict(DIGITNET_RECIPE, compute_dtype="bfloat16"))),
+        "DigitNet", None, ours, lambda: time_ours(ours, DIGITNET_RECIPE, "bfloat16")),
 }
 
 # ---- training throughput: the contenders in turn, round after round ----

@@ -11,7 +11,9 @@ threshold. Prints a table and writes benchmarks/results/time_to_accuracy.json. A
 threshold counts as infinitely slow in the median, so the median is "not reached" when most seeds miss it.
 """
 # ---- settings: each is also a flag, e.g. --seeds 5 ----
-seeds = 3                # seeds run.seed, run.seed + 1, ...
+seeds = 3                # how many runs, with seeds seed, seed + 1, ...
+seed = 42                # the first seed: of the split (as python run.py --seed makes it), weights and data order
+percent_data_for_training = 90  # of the rows, to train on; the rest is the validation split checked
 thresholds = "99.0,99.5" # validation accuracies, in percent
 eval_every = 20          # steps between validation checks: a time is late by at most this many steps
 rows = 0                 # train.csv rows to use (0: all 42,000)
@@ -19,7 +21,6 @@ out = ""                 # the JSON's path (relative to the repo); default: benc
                          # or time_to_accuracy_quick.json with --quick: a smoke run never overwrites one
 quick = False            # a smoke run: 300 rows, 1 epoch, a check every step, 2 seeds
 # ------------------------------------------------------------------------------
-SETTINGS = {name: value for name, value in globals().items() if not name.startswith("_")}
 import json
 import math
 import os
@@ -29,38 +30,34 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from flags import settings_parser  # noqa: E402  (the repo's modules are importable only from here on)
+import flags  # noqa: E402  (the repo's modules are importable only from here on)
 
-globals().update(vars(settings_parser(SETTINGS, __doc__).parse_args()))
+globals().update(vars(flags.settings_parser(globals()).parse_args()))
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf
+from devices import import_tensorflow  # noqa: E402
 
-import data
-import run  # the default recipe: its module-level settings (importing it defines names and nothing more)
-import train
-from model import build_model, training_recipe
+tf = import_tensorflow()
+import data  # noqa: E402
+import train  # noqa: E402
+from model import build_model, training_recipe  # noqa: E402
 
 THRESHOLDS = {f"{float(percent):.1f}": float(percent) for percent in thresholds.split(",")}  # "99.0": 99.0
-max_n_epochs = run.max_n_epochs
+recipe = training_recipe("digitnet")  # what python run.py trains
+max_n_epochs = recipe.max_n_epochs
 if quick:
     rows, max_n_epochs, eval_every, seeds = 300, 1, 1, 2
 load_at_start = os.getloadavg()[0]
-train_path = data.find_csv("train", run.train)
+train_path = data.find_csv("train")
 images, labels = data.load_train(train_path, max_rows=rows or None)
-
-
-class ReachedAll(Exception):
-    """Raised from the after_step hook to end a run that has nothing left to measure."""
 
 
 def time_to_thresholds(seed):
     """One run of the recipe -> {"seed", "best_checked_accuracy", "reached": {threshold: {"seconds", "step",
     "accuracy"} at the first check at or above it, or None}}."""
     train_images, train_labels, val_images, val_labels = data.split_train_validation(
-        images, labels, run.percent_data_for_training, seed)
+        images, labels, percent_data_for_training, seed)
     tf.random.set_seed(seed)
-    net = build_model("digitnet", seed=seed)  # with its recipe, run.py's defaults
+    net = build_model("digitnet", seed=seed)
     reached, best = dict.fromkeys(THRESHOLDS), 0.0
 
     def check(step, training_seconds):
@@ -74,18 +71,15 @@ def time_to_thresholds(seed):
             if reached[key] is None and 100 * accuracy >= percent:
                 reached[key] = dict(seconds=training_seconds, step=step, accuracy=accuracy)
                 print(f"seed {seed}: {key}% after {training_seconds:.1f} s of training (step {step})", flush=True)
-        if None not in reached.values():
-            raise ReachedAll
+        return None not in reached.values()  # True: nothing left to measure, so training ends here
 
-    try:
-        train.train(net, train_images, train_labels, val_images, val_labels, seed=seed, after_step=check,
-                    verbose=False, **training_recipe("digitnet", max_n_epochs=max_n_epochs))
-    except ReachedAll:
-        pass
+    train.train(net, (train_images, train_labels, val_images, val_labels),
+                training_recipe("digitnet", max_n_epochs=max_n_epochs), seed,
+                train.RunOptions(after_step=check, verbose=False))
     return dict(seed=seed, best_checked_accuracy=best, reached=reached)
 
 
-runs = [time_to_thresholds(seed) for seed in range(run.seed, run.seed + seeds)]
+runs = [time_to_thresholds(run_seed) for run_seed in range(seed, seed + seeds)]
 
 
 def median_seconds(key):
@@ -96,7 +90,7 @@ def median_seconds(key):
 medians = {key: median_seconds(key) for key in THRESHOLDS}
 
 print(f"\ntraining seconds to first reach each validation accuracy (checked every {eval_every} steps of "
-      f"{run.batch_size}; {len(images)} rows of {train_path}, {run.percent_data_for_training}% for training)")
+      f"{recipe.batch_size}; {len(images)} rows of {train_path}, {percent_data_for_training}% for training)")
 print(f"{'seed':>6} " + " ".join(f"{f'to {key}% (s)':>14} {'step':>6}" for key in THRESHOLDS) +
       f" {'best checked':>13}")
 for r in runs:
@@ -109,7 +103,7 @@ print(f"{'median':>6} " + " ".join(f"{f'{m:.1f}' if m is not None else 'not reac
 
 results = dict(
     settings=dict(seeds=seeds, eval_every=eval_every, rows=len(images), max_n_epochs=max_n_epochs, quick=quick,
-                  batch_size=run.batch_size, learning_rate=run.learning_rate, patience=run.patience),
+                  batch_size=recipe.batch_size, learning_rate=recipe.learning_rate, patience=recipe.patience),
     machine=dict(cores=len(os.sched_getaffinity(0)), load_average_at_start=load_at_start, tensorflow=tf.__version__),
     thresholds_percent=list(medians),
     median_seconds=medians,

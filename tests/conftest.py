@@ -43,3 +43,11 @@ def real_digits():
     """(images, labels) of the first 500 training digits, loaded as the project loads them."""
     import data
     return data.load_train(REPO / "digit-recognizer" / "train.csv.gz", max_rows=500)
+
+
+def train_with(model, split, seed=0, options=None, **recipe):
+    """train.train on split (train_images, train_labels, val_images, val_labels) by a train.Recipe of these
+    fields, one-cycle unless a schedule is given, quietly unless options say otherwise -> the history."""
+    import train
+    recipe = train.Recipe(**{"schedule": "one_cycle", **recipe})
+    return train.train(model, split, recipe, seed, options or train.RunOptions(verbose=False))

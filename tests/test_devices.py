@@ -15,7 +15,7 @@ import tensorflow as tf
 
 import data
 import train
-from conftest import run_py, write_rows
+from conftest import run_py, train_with, write_rows
 from model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,8 +125,9 @@ def full_batch_training(real_digits, compute_dtype, n_steps=3):
     images, labels = real_digits
     split = data.split_train_validation(images[:300], labels[:300], 90, 42)
     model = build_model("digitnet", dropout_rate=0.0, seed=1)
-    history = train.train(model, *split, max_n_epochs=n_steps, patience=n_steps, batch_size=len(split[1]),
-                          learning_rate=1e-3, seed=3, schedule="constant", compute_dtype=compute_dtype, verbose=False)
+    history = train_with(model, split, seed=3, options=train.RunOptions(compute_dtype=compute_dtype, verbose=False),
+                         max_n_epochs=n_steps, patience=n_steps, batch_size=len(split[1]), learning_rate=1e-3,
+                         schedule="constant")
     return [record["train_loss"] for record in history], model
 
 

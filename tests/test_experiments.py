@@ -46,8 +46,8 @@ def table_rows(output, header):
 @pytest.mark.parametrize("name", EXPECTED)
 def test_quick_run_says_so_prints_its_table_and_writes_its_figure(name, workdir, capsys):
     # compare trains every network twice (for a spread), so on fewer rows
-    extra = ["--trials", "2", "--rows", "200"] if name == "compare" else []
-    assert experiments.main([name, "--quick", "--max_epochs", "1", *extra]) == 0
+    extra = ["--seeds", "2", "--rows", "200"] if name == "compare" else []
+    assert experiments.main([name, "--quick", "--max_n_epochs", "1", *extra]) == 0
     output = capsys.readouterr().out
     assert f"quick run: the first {200 if name == 'compare' else 300} rows of train.csv" in output
     header, first_cells, figure = EXPECTED[name]
@@ -60,12 +60,12 @@ def test_quick_run_says_so_prints_its_table_and_writes_its_figure(name, workdir,
         assert all(line.split(" | ")[2] not in ("-", "nan") for line in table.splitlines()[2:])
 
 
-def test_quick_means_2000_rows_2_epochs_and_1_trial_unless_told_otherwise():
+def test_quick_means_2000_rows_2_epochs_and_1_seed_unless_told_otherwise():
     quick = experiments.parse_settings(["compare", "--quick"])
-    assert (quick.rows, quick.max_epochs, quick.trials) == (2000, 2, 1)
-    assert experiments.parse_settings(["compare", "--quick", "--trials", "2"]).trials == 2
+    assert (quick.rows, quick.max_n_epochs, quick.seeds) == (2000, 2, 1)
+    assert experiments.parse_settings(["compare", "--quick", "--seeds", "2"]).seeds == 2
     full = experiments.parse_settings(["compare"])
-    assert (full.rows, full.max_epochs, full.trials) == (None, None, 3)
+    assert (full.rows, full.max_n_epochs, full.seeds) == (0, 0, 3)
 
 
 def test_place_pastes_each_digit_at_its_offset_on_a_blank_canvas(real_digits):
@@ -85,7 +85,7 @@ def test_an_unknown_experiment_is_refused_with_the_choices(tmp_path):
 
 
 def test_compare_trains_only_the_networks_given_with_models(workdir, capsys):
-    assert experiments.main(["compare", "--quick", "--max_epochs", "1", "--rows", "200", "--models",
+    assert experiments.main(["compare", "--quick", "--max_n_epochs", "1", "--rows", "200", "--models",
                              "mlp,cnn_small"]) == 0
     assert table_rows(capsys.readouterr().out, EXPECTED["compare"][0].replace("mean of 2", "mean of 1")) == [
         "mlp", "cnn_small"]

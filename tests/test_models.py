@@ -1,15 +1,13 @@
 """The registered networks (model.MODELS) and the training extras their recipes use: sizes and costs counted
 from the architectures by hand, a step of training on real digits, and the plateau schedule, class weights and
 weight penalty against Keras' own."""
-import inspect
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import run
 import train
+from conftest import train_with
 from model import MODELS, DigitNet, build_model, count_parameters, describe_models, training_recipe
 from train import OPTIMIZERS, Plateau, balanced_class_weights, cross_entropy, kernel_penalty, named_variables
 
@@ -56,33 +54,24 @@ def test_the_registry_holds_the_write_ups_models_and_digitnet_first():
     assert isinstance(build_model("digitnet"), DigitNet)
 
 
-def test_digitnet_recipe_is_run_py_defaults_so_python_run_py_trains_as_before():
-    assert training_recipe("digitnet") == dict(
-        optimizer="adam", schedule="one_cycle", learning_rate=run.learning_rate, max_n_epochs=run.max_n_epochs,
-        patience=run.patience, batch_size=run.batch_size, label_smoothing=run.label_smoothing,
-        augmentation=dict(max_rotation_degrees=run.max_rotation_degrees, max_shift_fraction=run.max_shift_fraction,
-                          max_zoom_fraction=run.max_zoom_fraction))
-    assert build_model("digitnet").dropout_rate == run.dropout_rate
-
-
 @pytest.mark.parametrize("name", MODELS)
-def test_every_recipe_is_keyword_arguments_train_accepts(name, digits):
-    images, labels = digits
-    inspect.signature(train.train).bind(build_model(name), images, labels, images, labels, seed=0,
-                                        **training_recipe(name))
+def test_every_recipe_names_an_optimiser_and_schedule_train_knows(name):
+    recipe = training_recipe(name)
+    assert isinstance(recipe, train.Recipe)
+    assert recipe.optimizer in train.OPTIMIZERS and recipe.schedule in train.SCHEDULES
 
 
 def test_training_recipe_lays_overrides_over_the_recipe_and_its_augmentation():
     recipe = training_recipe("cnn_bn_deep", batch_size=64, max_rotation_degrees=0.0)
-    assert recipe["batch_size"] == 64 and recipe["optimizer"] == "adam"
-    assert recipe["augmentation"] == dict(max_rotation_degrees=0.0, max_shift_fraction=0.08, max_zoom_fraction=0.08,
-                                          max_shear=0.3)
-    assert MODELS["cnn_bn_deep"].recipe["augmentation"]["max_rotation_degrees"] == 8.0  # the registry is untouched
+    assert recipe.batch_size == 64 and recipe.optimizer == "adam"
+    assert recipe.augmentation == dict(max_rotation_degrees=0.0, max_shift_fraction=0.08, max_zoom_fraction=0.08,
+                                       max_shear=0.3)
+    assert MODELS["cnn_bn_deep"].recipe.augmentation["max_rotation_degrees"] == 8.0  # the registry is untouched
 
 
 def test_training_recipe_with_every_augmentation_range_zero_has_no_augmentation():
     assert training_recipe("digitnet", max_rotation_degrees=0, max_shift_fraction=0,
-                           max_zoom_fraction=0)["augmentation"] is None
+                           max_zoom_fraction=0).augmentation is None
 
 
 def test_build_model_keeps_the_networks_own_dropout_unless_given_one():
@@ -127,7 +116,7 @@ def test_one_step_of_the_recipes_optimiser_lowers_the_loss_on_real_digits(name, 
     images, labels = digits[0][:128], digits[1][:128]
     model = build_model(name, seed=0)
     recipe = training_recipe(name)
-    optimizer = OPTIMIZERS[recipe["optimizer"]](model.trainable_variables, learning_rate=recipe["learning_rate"])
+    optimizer = OPTIMIZERS[recipe.optimizer](model.trainable_variables, learning_rate=recipe.learning_rate)
 
     def loss():  # in training mode, with the same dropout masks each time
         return cross_entropy(model(images, training=True, rng=tf.random.Generator.from_seed(1)), labels)
@@ -168,9 +157,9 @@ def test_plateau_matches_keras_reduce_lr_on_plateau():
 
 def test_train_with_the_plateau_schedule_cuts_the_learning_rate_when_validation_loss_stalls(digits):
     images, labels = digits
-    history = train.train(build_model("mlp"), images[:64], labels[:64], images[64:96], labels[64:96],
-                          max_n_epochs=3, patience=10, batch_size=64, learning_rate=1e-8, seed=0, optimizer="adam",
-                          schedule="plateau", plateau_patience=1, plateau_factor=0.1, verbose=False)
+    history = train_with(build_model("mlp"), (images[:64], labels[:64], images[64:96], labels[64:96]),
+                         max_n_epochs=3, patience=10, batch_size=64, learning_rate=1e-8, optimizer="adam",
+                         schedule="plateau", plateau_patience=1, plateau_factor=0.1)
     # steps of 1e-8 leave the validation loss flat: epoch 2 is the first flat one, so epoch 3 runs at a tenth
     assert [record["learning_rate"] for record in history] == pytest.approx([1e-8, 1e-8, 1e-9])
 
@@ -207,9 +196,8 @@ def test_kernel_penalty_is_keras_l1l2_summed_over_kernels_leaving_biases_and_bat
 def one_step_training_loss(digits, **extras):
     """train_loss of a one-epoch, one-batch run: the loss of the untouched mlp, as train computes it."""
     images, labels = digits
-    history = train.train(build_model("mlp", seed=3), images[:128], labels[:128], images[128:160], labels[128:160],
-                          max_n_epochs=1, patience=1, batch_size=128, learning_rate=1e-3, seed=0, schedule="constant",
-                          verbose=False, **extras)
+    history = train_with(build_model("mlp", seed=3), (images[:128], labels[:128], images[128:160], labels[128:160]),
+                         max_n_epochs=1, patience=1, batch_size=128, learning_rate=1e-3, schedule="constant", **extras)
     return history[0]["train_loss"]
 
 

@@ -115,14 +115,14 @@ def workdir(tmp_path_factory, real_digits):
     digits, in PNG and JPEG, and a file that is not a picture."""
     import tensorflow as tf
     from model import DigitNet
-    from run import export_saved_model
-    from train import train
+    from conftest import train_with
+    from ensemble import export_saved_model
 
     images, labels = real_digits
     tf.random.set_seed(0)
     model = DigitNet(seed=0)
-    train(model, images[:400], labels[:400], images[400:], labels[400:], max_n_epochs=1, patience=1,
-          batch_size=32, learning_rate=3e-3, seed=0, verbose=False)
+    train_with(model, (images[:400], labels[:400], images[400:], labels[400:]), max_n_epochs=1, patience=1,
+               batch_size=32, learning_rate=3e-3)
     workdir = tmp_path_factory.mktemp("predict")
     export_saved_model([model], str(workdir / "model" / "saved_model"))
     draw(1).save(workdir / "one.png")

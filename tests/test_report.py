@@ -31,20 +31,23 @@ def written(tmp_path_factory):
     then write_report on it; -> what the tests need to look at."""
     import tensorflow as tf
     import data
-    import run
-    from conftest import write_rows
+    import files
+    import train
+    from conftest import train_with, write_rows
     from model import DigitNet
-    from train import train
 
     workdir = tmp_path_factory.mktemp("report")
     images, labels = data.load_train(write_rows("train", 400, workdir / "train.csv"))
     train_images, train_labels, val_images, val_labels = data.split_train_validation(
-        images, labels, run.percent_data_for_training, run.seed)
+        images, labels, 90, 42)
     tf.random.set_seed(0)
     model = DigitNet(seed=0)
-    history = train(model, train_images, train_labels, val_images, val_labels, max_n_epochs=2, patience=2,
-                    batch_size=32, learning_rate=3e-3, seed=0, checkpoint_dir=str(workdir / "model"),
-                    log_dir=str(workdir / "tf_logs"), verbose=False)
+    options = train.RunOptions(checkpoint_dir=str(workdir / "model"), log_dir=str(workdir / "tf_logs"), verbose=False)
+    history = train_with(model, (train_images, train_labels, val_images, val_labels), options=options,
+                         max_n_epochs=2, patience=2, batch_size=32, learning_rate=3e-3)
+    # what report.py reads of the settings that run.py records beside its checkpoints
+    files.write_json(workdir / "model" / "settings.json", dict(model="digitnet", params="", dropout_rate=0.25,
+                                                                  percent_data_for_training=90, seed=42))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         metrics = report.write_report(model, history, train_labels, val_images, val_labels,
@@ -146,7 +149,7 @@ def test_report_py_rebuilds_the_report_from_the_best_checkpoint(written, tmp_pat
     (tmp_path / "resources").mkdir()
     shutil.copy(written.resources / "report.json", tmp_path / "resources")  # the training history
     monkeypatch.chdir(tmp_path)  # in this process, to spare another start of TensorFlow
-    assert report.main() == 0
+    assert report.main([]) == 0
     rebuilt = saved_metrics(tmp_path / "resources")
     assert rebuilt["history"] == written.history
     assert rebuilt["confusion_matrix"] == written.metrics["confusion_matrix"]

@@ -97,11 +97,12 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert "trained with other settings (batch_size)" in stderr.strip().splitlines()[-1]
 
 
-def train_briefly(model, images, labels, checkpoint_dir, **overrides):
+def train_briefly(model, images, labels, checkpoint_dir, max_n_epochs=1, resume=False):
     import train
-    settings = dict(max_n_epochs=1, patience=5, batch_size=32, learning_rate=1e-3, seed=0, verbose=False,
-                    checkpoint_dir=str(checkpoint_dir))
-    return train.train(model, images[:200], labels[:200], images[200:], labels[200:], **{**settings, **overrides})
+    from conftest import train_with
+    options = train.RunOptions(checkpoint_dir=str(checkpoint_dir), resume=resume, verbose=False)
+    return train_with(model, (images[:200], labels[:200], images[200:], labels[200:]), options=options,
+                      max_n_epochs=max_n_epochs, patience=5, batch_size=32, learning_rate=1e-3)
 
 
 def test_a_loss_that_is_not_finite_stops_the_run_and_keeps_the_last_good_checkpoint(real_digits, tmp_path):

@@ -23,7 +23,23 @@ def finished_run(tmp_path_factory):
     write_rows("test", 150, workdir / "test.csv")
     result = run_py(["--max_n_epochs", "1", "--batch_size", "32", "--show_incorrect"], cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
+    (workdir / "stderr.txt").write_text(result.stderr)
     return workdir, result.stdout
+
+
+def test_a_run_on_a_cpu_prints_nothing_to_stderr(finished_run):
+    workdir, _ = finished_run
+    assert (workdir / "stderr.txt").read_text() == ""  # TensorFlow's start-up lines ("E0000 ... cuInit") are hidden
+
+
+def test_tensorflow_diagnostics_show_when_asked_for(tmp_path):
+    code = "import devices; tf = devices.import_tensorflow(); print(tf.constant(1).numpy())"
+    asked = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    quiet = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env={key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"})
+    assert asked.stdout == quiet.stdout == "1\n"
+    assert quiet.stderr == "" and asked.stderr != ""
 
 
 def test_prints_one_line_per_epoch_and_a_summary(finished_run):
@@ -101,7 +117,8 @@ def test_help_lists_every_setting_with_its_default(tmp_path):
     for flag in ["--max_n_epochs", "--patience", "--batch_size", "--dropout_rate", "--percent_data_for_training",
                  "--show_incorrect", "--seed", "--learning_rate"]:
         assert flag in result.stdout
-    assert "(default: 15)" in result.stdout
+    assert "--max_n_epochs INT    the learning-rate schedule spans this many" in result.stdout
+    assert "(default: the network's own)" in result.stdout and "(default: 90)" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -159,20 +176,20 @@ def test_a_member_trained_with_other_settings_is_trained_again(tmp_path):
 
 
 def test_test_time_augmentation_averages_the_digit_and_its_one_pixel_shifts(real_digits):
-    import run
+    import ensemble
     from model import DigitNet
     from train import predict_probabilities
     images, _ = real_digits
     model = DigitNet(seed=1)
     shifted = [np.roll(images, shift, axis=(1, 2)) for shift in [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]]
     expected = np.mean([predict_probabilities(model, view) for view in shifted], axis=0)
-    np.testing.assert_allclose(run.ensemble_probabilities([model], images, tta=True), expected, atol=1e-6)
-    assert not np.allclose(run.ensemble_probabilities([model], images, tta=False), expected, atol=1e-4)
+    np.testing.assert_allclose(ensemble.ensemble_probabilities([model], images, tta=True), expected, atol=1e-6)
+    assert not np.allclose(ensemble.ensemble_probabilities([model], images, tta=False), expected, atol=1e-4)
 
 
 def test_list_models_prints_every_network_with_its_size(tmp_path):
     from model import MODELS
-    result = run_py(["--list-models"], cwd=tmp_path)
+    result = run_py(["--list_models"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name in MODELS:
         assert f"\n{name} " in result.stdout
@@ -199,14 +216,14 @@ def test_model_flag_trains_that_network_with_its_recipe(tmp_path):
 def test_params_file_trains_the_tuned_network(tmp_path):
     import json
     import tensorflow as tf
-    import tune
+    from model import load_params, tuned_network
     write_rows_for_run(tmp_path)
     params = {"filters": [32, 64], "kernel_sizes": [3, 5], "units": [64], "dropout_rate": 0.1, "optimizer": "nadam",
               "learning_rate": 0.002, "batch_size": 64}
     (tmp_path / "best_params.json").write_text(json.dumps(params))
     result = run_py(["--params", "best_params.json", "--max_n_epochs", "1"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    tuned = tune.build_network(tune.load_params(tmp_path / "best_params.json"), seed=0)
+    tuned = tuned_network(load_params(tmp_path / "best_params.json"), seed=0)
     tf.train.Checkpoint(model=tuned).read(tf.train.latest_checkpoint(str(tmp_path / "model" / "best"))) \
         .expect_partial().assert_existing_objects_matched()
 

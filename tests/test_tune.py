@@ -10,16 +10,15 @@ import tensorflow as tf
 from optuna.trial import TrialState
 
 import data
-import run
 import train
 import tune
-from model import DigitNet, count_parameters
+from model import DigitNet, count_parameters, load_params, training_recipe, tuned_network, tuned_recipe
 
 # The smallest network and a recipe that learns, as the flat names a trial draws (what enqueue_trial takes).
 SMALL = {"conv_layers": 2, "filters_1": 32, "kernel_size_1": 3, "filters_2": 32, "kernel_size_2": 3,
          "dense_layers": 1, "units_1": 64, "dropout_rate": 0.0, "optimizer": "adam", "learning_rate_adam": 3e-3,
          "batch_size": 32}
-TINY_RUN = ["--rows", "200", "--epochs", "1"]
+TINY_RUN = ["--rows", "200", "--max_n_epochs", "1"]
 
 
 def corner(extreme, optimizer):
@@ -37,7 +36,13 @@ def corner(extreme, optimizer):
 
 def split(real_digits, n_rows):
     images, labels = real_digits
-    return data.split_train_validation(images[:n_rows], labels[:n_rows], run.percent_data_for_training, run.seed)
+    return data.split_train_validation(images[:n_rows], labels[:n_rows], 90, 42)
+
+
+def settings(storage, study, **given):
+    """tune.py's settings as its flags make them, with these given: --storage STORAGE --study STUDY --NAME VALUE."""
+    flags = [f"--{name}={value}" for name, value in dict(storage=storage, study=study, **given).items()]
+    return tune.parse_flags(flags)
 
 
 @contextlib.contextmanager
@@ -60,16 +65,15 @@ def smallest_networks():
 def test_the_smallest_and_the_largest_corner_build_networks_that_learn(real_digits, extreme, optimizer):
     params = corner(extreme, optimizer)
     images, labels = real_digits[0][:8], real_digits[1][:8]
-    network = tune.build_network(params, seed=0)
+    network = tuned_network(params, seed=0)
 
     def loss():  # in training mode, with the same dropout mask each time, so that only the weights differ
         return train.cross_entropy(network(images, training=True, rng=tf.random.Generator.from_seed(1)), labels)
 
     assert network(images).shape == (8, 10)
     before = float(loss())
-    arguments = tune.training_arguments(params)
-    make_optimizer = train.OPTIMIZERS[arguments["optimizer"]]
-    stepper = make_optimizer(network.trainable_variables, learning_rate=arguments["learning_rate"])
+    recipe = tuned_recipe(params, training_recipe("digitnet"))
+    stepper = train.OPTIMIZERS[recipe.optimizer](network.trainable_variables, learning_rate=recipe.learning_rate)
     with tf.GradientTape() as tape:
         batch_loss = loss()
     stepper.apply_gradients(tape.gradient(batch_loss, network.trainable_variables))
@@ -78,15 +82,15 @@ def test_the_smallest_and_the_largest_corner_build_networks_that_learn(real_digi
 
 def test_a_new_study_first_trains_the_default_network_and_recipe(tmp_path, real_digits):
     storage = f"sqlite:///{tmp_path}/tuning.db"
-    tune.search(tune.open_study(storage, "new", prune_after=5), split(real_digits, 300), n_trials=1, timeout=0,
-                epochs=1, patience=1)
+    config = settings(storage, "new", prune_after=5, trials=1, max_n_epochs=1, patience=1)
+    tune.search(tune.open_study(config), split(real_digits, 300), config)
     (first,) = optuna.load_study(study_name="new", storage=storage).trials
     params = first.user_attrs["params"]
-    assert count_parameters(tune.build_network(params, seed=0)) == count_parameters(DigitNet())
+    assert count_parameters(tuned_network(params, seed=0)) == count_parameters(DigitNet())
     assert tune.layers(params) == ("5x5/32 3x3/64 3x3/128", "128")
-    assert (params["dropout_rate"], tune.training_arguments(params)) == (
-        run.dropout_rate, dict(optimizer="adam", learning_rate=run.learning_rate, batch_size=run.batch_size))
-    assert len(tune.open_study(storage, "new", prune_after=5).trials) == 1  # reopened: not queued again
+    assert params["dropout_rate"] == DigitNet().dropout_rate
+    assert tuned_recipe(params, training_recipe("digitnet")) == training_recipe("digitnet")
+    assert len(tune.open_study(config).trials) == 1  # reopened: not queued again
 
 
 # ---- the study: resumed, pruned, stopped in time ----
@@ -120,7 +124,7 @@ def test_a_resumed_search_keeps_the_finished_trials_and_adds_new_ones(two_sessio
 def test_a_study_run_with_other_settings_is_refused(two_sessions, capsys):
     workdir, _, _ = two_sessions
     with contextlib.chdir(workdir):
-        assert tune.main(["--rows", "200", "--epochs", "2"]) == 2
+        assert tune.main(["--rows", "200", "--max_n_epochs", "2"]) == 2
     error = capsys.readouterr().err
     assert "was run with" in error and "--study" in error and len(error.strip().splitlines()) == 1
 
@@ -130,12 +134,14 @@ def pruned_study(tmp_path_factory, real_digits):
     """Three fixed trials of two epochs: a good network, the same one at a learning rate that makes it diverge,
     and the good one again. Pruning starts after one finished trial."""
     with smallest_networks():  # a new study's first trial is SMALL
-        study = tune.open_study(f"sqlite:///{tmp_path_factory.mktemp('prune')}/tuning.db", "pruning", prune_after=1)
+        config = settings(f"sqlite:///{tmp_path_factory.mktemp('prune')}/tuning.db", "pruning", prune_after=1,
+                          trials=3, max_n_epochs=2, patience=2)
+        study = tune.open_study(config)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Fixed parameter .* out of range")  # on purpose: far above the space
         for params in [{**SMALL, "learning_rate_adam": 100.0}, SMALL]:
             study.enqueue_trial(params)
-        tune.search(study, split(real_digits, 300), n_trials=3, timeout=0, epochs=2, patience=2)
+        tune.search(study, split(real_digits, 300), config)
     return study.trials
 
 
@@ -154,9 +160,10 @@ def test_a_pruned_trial_leaves_the_next_one_unaffected(pruned_study):
 
 def test_a_trial_still_training_at_the_deadline_is_stopped_there(tmp_path, real_digits):
     with smallest_networks():  # a new study's first trial is SMALL
-        study = tune.open_study(f"sqlite:///{tmp_path}/tuning.db", "deadline", prune_after=0)
+        config = settings(f"sqlite:///{tmp_path}/tuning.db", "deadline", prune_after=0, max_n_epochs=2, patience=2)
+        study = tune.open_study(config)
     deadline = time.time()  # already passed: the trial should stop after its first step
-    study.optimize(lambda trial: tune.run_trial(trial, split(real_digits, 300), 2, 2, deadline), n_trials=1)
+    study.optimize(lambda trial: tune.run_trial(trial, split(real_digits, 300), config, deadline), n_trials=1)
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED and trial.user_attrs["stopped"] == "out of time"
     assert trial.intermediate_values == {}
@@ -167,7 +174,7 @@ def test_a_trial_still_training_at_the_deadline_is_stopped_there(tmp_path, real_
 def test_load_params_reads_back_what_write_params_wrote(tmp_path):
     params = corner(max, "adadelta")
     tune.write_params(tmp_path / "best_params.json", params)
-    assert tune.load_params(tmp_path / "best_params.json") == params
+    assert load_params(tmp_path / "best_params.json") == params
 
 
 @pytest.mark.parametrize("edit, says", [
@@ -185,7 +192,7 @@ def test_load_params_refuses_a_bad_file_in_one_line_naming_file_and_key(tmp_path
     path = tmp_path / "best_params.json"
     path.write_text(json.dumps({**corner(min, "adam"), **edit}))
     with pytest.raises(data.DataError) as error:
-        tune.load_params(path)
+        load_params(path)
     assert str(error.value).startswith(f"{path}: {says}") and "\n" not in str(error.value)
 
 
@@ -194,7 +201,7 @@ def test_load_params_refuses_a_file_that_is_not_a_json_object(tmp_path, text):
     path = tmp_path / "best_params.json"
     path.write_text(text)
     with pytest.raises(data.DataError, match="best_params.json"):
-        tune.load_params(path)
+        load_params(path)
 
 
 def test_a_missing_key_is_named(tmp_path):
@@ -202,7 +209,7 @@ def test_a_missing_key_is_named(tmp_path):
     del params["batch_size"]
     (tmp_path / "best_params.json").write_text(json.dumps(params))
     with pytest.raises(data.DataError, match="batch_size is missing"):
-        tune.load_params(tmp_path / "best_params.json")
+        load_params(tmp_path / "best_params.json")
 
 
 # ---- the results ----
@@ -216,5 +223,5 @@ def test_the_results_are_written_as_tables_pictures_and_the_best_params(two_sess
     assert "The default, DigitNet with run.py's recipe, is trial 0:" in table
     for picture in ["tuning_history.png", "tuning_accuracies.png"]:
         assert (workdir / "resources" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert tune.load_params(workdir / "model" / "best_params.json") == best.user_attrs["params"]
+    assert load_params(workdir / "model" / "best_params.json") == best.user_attrs["params"]
 

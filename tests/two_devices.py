@@ -58,17 +58,19 @@ def step_losses(strategy, n_steps=3):
     epoch), augmentation on and dropout off (its random draws are each replica's own)."""
     with strategy.scope():
         model = build_model("digitnet", dropout_rate=0.0, seed=1)
-    history = train.train(model, train_images, train_labels, val_images, val_labels, max_n_epochs=n_steps,
-                          patience=n_steps, batch_size=len(train_labels), learning_rate=1e-3, seed=3,
-                          label_smoothing=0.1, schedule="constant", strategy=strategy, verbose=False,
+    recipe = train.Recipe(max_n_epochs=n_steps, patience=n_steps, batch_size=len(train_labels), learning_rate=1e-3,
+                          label_smoothing=0.1, schedule="constant",
                           augmentation=dict(max_rotation_degrees=10, max_shift_fraction=0.1, max_zoom_fraction=0.1))
+    history = train.train(model, (train_images, train_labels, val_images, val_labels), recipe, 3,
+                          train.RunOptions(strategy=strategy, verbose=False))
     return [record["train_loss"] for record in history]
 
 
 def refusal_of_a_model_built_outside_the_scope():
     try:
-        train.train(build_model("digitnet"), train_images, train_labels, val_images, val_labels, max_n_epochs=1,
-                    patience=1, batch_size=64, learning_rate=1e-3, seed=0, strategy=TWO_CPUS, verbose=False)
+        train.train(build_model("digitnet"), (train_images, train_labels, val_images, val_labels),
+                    train.Recipe(max_n_epochs=1, patience=1, batch_size=64, learning_rate=1e-3), 0,
+                    train.RunOptions(strategy=TWO_CPUS, verbose=False))
     except ValueError as error:
         return str(error)
     return None

@@ -1,0 +1,88 @@
+"""Where things live: the product's modules import downwards only, nothing imports the driver run.py, every
+function reads in one screen, and every script's settings explain themselves in --help."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import flags
+
+REPO = Path(__file__).resolve().parents[1]
+PRODUCT = sorted(path for path in [*REPO.glob("*.py"), *REPO.glob("benchmarks/*.py")])
+MODULES = {path.stem for path in REPO.glob("*.py")}
+SCRIPTS = ["run.py", "tune.py", "experiments.py", "report.py", "predict.py", "benchmarks/speed.py",
+           "benchmarks/time_to_accuracy.py"]
+MOST_LINES, MOST_PARAMETERS = 60, 8
+
+
+def project_imports(path):
+    """The project's own modules that the file imports, anywhere in it."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names & MODULES
+
+
+def functions(path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def test_no_module_imports_the_driver_run_py():
+    importers = [path.name for path in [*PRODUCT, *REPO.glob("tests/*.py")] if "run" in project_imports(path)]
+    assert importers == []
+
+
+def test_the_product_modules_import_one_another_without_a_circle():
+    graph = {path.stem: project_imports(path) for path in REPO.glob("*.py")}
+
+    def reaches(start, goal, seen=()):
+        return any(name == goal or (name not in seen and reaches(name, goal, (*seen, name))) for name in graph[start])
+
+    circles = [name for name in graph if reaches(name, name)]
+    assert circles == []
+
+
+@pytest.mark.parametrize("path", PRODUCT, ids=lambda path: path.name)
+def test_every_product_function_reads_in_one_screen(path):
+    too_long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in functions(path)
+                if node.end_lineno - node.lineno + 1 > MOST_LINES]
+    assert too_long == []
+
+
+@pytest.mark.parametrize("path", PRODUCT, ids=lambda path: path.name)
+def test_no_product_function_takes_more_than_eight_parameters(path):
+    def count(arguments):
+        return len(arguments.posonlyargs) + len(arguments.args) + len(arguments.kwonlyargs) \
+            + bool(arguments.vararg) + bool(arguments.kwarg) - bool(arguments.args and arguments.args[0].arg == "self")
+
+    too_many = [f"{node.name} ({count(node.args)})" for node in functions(path) if count(node.args) > MOST_PARAMETERS]
+    assert too_many == []
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_setting_of_every_script_says_what_it_means(script):
+    unexplained = [name for name, comment in flags.configuration_block(REPO / script).items()
+                   if not comment and name.lower() == name]  # CAPITALS name constants of the search space
+    assert unexplained == []
+
+
+def test_training_a_tuned_network_imports_no_tuner(tmp_path):
+    from conftest import write_rows
+    write_rows("train", 200, tmp_path / "train.csv")
+    write_rows("test", 10, tmp_path / "test.csv")
+    (tmp_path / "best_params.json").write_text('{"filters": [8, 8], "kernel_sizes": [3, 3], "units": [16], '
+                                               '"dropout_rate": 0.1, "optimizer": "adam", "learning_rate": 0.001, '
+                                               '"batch_size": 64}')
+    result = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "run.py"), "--params", "best_params.json",
+                             "--max_n_epochs", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "tune" not in imported and "optuna" not in imported
+    assert "model" in imported  # the measure sees the project's modules
