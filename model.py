@@ -378,7 +378,8 @@ MODELS = {
         optimizer="adam", schedule="plateau", learning_rate=1e-3, plateau_factor=0.1, plateau_patience=4,
         max_n_epochs=50, patience=10, batch_size=128, class_weights="balanced", weight_penalty=(1e-5, 1e-4))),
 }
-AUGMENTATION_RANGES = ("max_rotation_degrees", "max_shift_fraction", "max_zoom_fraction", "max_shear")
+AUGMENTATION_RANGES = ("max_rotation_degrees", "max_shift_fraction", "max_zoom_fraction", "max_shear", "elastic_alpha")
+AUGMENTATION_SETTINGS = (*AUGMENTATION_RANGES, "elastic_sigma")  # tools.data_augmentation's keywords
 
 
 def build_model(name, dropout_rate=None, seed=0, **architecture):
@@ -400,10 +401,11 @@ def with_overrides(recipe, **overrides):
     augmentation range, e.g. max_rotation_degrees=5, replaces that entry of the augmentation dict; all ranges
     zero means no augmentation."""
     augmentation = dict(recipe.augmentation or {})
-    for key in AUGMENTATION_RANGES:
+    for key in AUGMENTATION_SETTINGS:
         if key in overrides:
             augmentation[key] = overrides.pop(key)
-    return dataclasses.replace(recipe, augmentation=augmentation if any(augmentation.values()) else None, **overrides)
+    some = any(augmentation.get(key) for key in AUGMENTATION_RANGES)
+    return dataclasses.replace(recipe, augmentation=augmentation if some else None, **overrides)
 
 
 def count_parameters(model):

@@ -19,6 +19,9 @@ label_smoothing: float = None    # the training targets: (1 - s) * one_hot + s /
 max_rotation_degrees: float = None  # augmentation: turn each training digit by a random angle up to this
 max_shift_fraction: float = None    # augmentation: shift it by up to this share of its side
 max_zoom_fraction: float = None     # augmentation: zoom it in or out by up to this share
+elastic_alpha: float = None      # augmentation: elastic distortion's strength in pixels (Simard 2003); 0: none
+elastic_sigma: float = None      # augmentation: the smoothness of its random field, in pixels
+ema_decay: float = None          # evaluate and keep a moving average of the weights with this decay; 0: off
 # The run.
 percent_data_for_training = 90   # of train.csv, to train on; the rest is the validation split (100: none)
 seed = 42                        # the split, the initial weights, the data order, augmentation and dropout
@@ -52,6 +55,8 @@ VALID_RANGES = {  # name: (lowest, highest, what the error message says)
     "dropout_rate": (0, 0.999, "in [0, 1)"), "label_smoothing": (0, 1, "in [0, 1]"),
     "max_rotation_degrees": (0, 180, "in [0, 180]"), "max_shift_fraction": (0, 1, "in [0, 1]"),
     "max_zoom_fraction": (0, 0.9, "in [0, 0.9]"), "percent_data_for_training": (1, 100, "in [1, 100]"),
+    "elastic_alpha": (0, 100, "in [0, 100]"), "elastic_sigma": (0.5, 20, "in [0.5, 20]"),
+    "ema_decay": (0, 0.99999, "in [0, 1)"),
     "ensemble": (1, INF, "at least 1"),
 }
 MODEL_DIR, LOG_DIR, RESOURCES_DIR, SUBMISSION = "model", "tf_logs", "resources", "submission.csv"

@@ -7,6 +7,7 @@ Also the write-ups' extras: class weights, an L1/L2 weight penalty, a learning r
 Read top to bottom: what a run is given (Recipe, RunOptions), the loss, then Training: building the step,
 one epoch, the end of an epoch (evaluation, the best epoch, early stopping), checkpoints and resumption, logs.
 """
+import contextlib
 import dataclasses
 import json
 import math
@@ -20,7 +21,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tools import Adadelta, Adam, LossScaleOptimizer, Nadam, data_augmentation, one_cycle_learning_rate
+from tools import (Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer, Nadam, data_augmentation,
+                   one_cycle_learning_rate)
 
 EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
@@ -43,6 +45,7 @@ class Recipe:
     augmentation: dict | None = None  # keyword arguments of tools.data_augmentation; None: none
     class_weights: object = None  # per-class loss weights [10], "balanced" (from the training labels), or None
     weight_penalty: tuple | None = None  # (l1, l2) for kernel_penalty, added to the loss
+    ema_decay: float = 0.0        # > 0: evaluate and keep an exponential moving average of the weights; 0: off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +197,9 @@ class Training:
             if options.compute_dtype == "float16":  # float16's narrow range needs the loss scaled
                 self.optimizer = LossScaleOptimizer(self.optimizer)
             self.rng = tf.random.Generator.from_seed(seed)
+            # the averages are what is evaluated, kept as the best epoch and exported; the weights train on
+            self.ema = (ExponentialMovingAverage(model.trainable_variables, recipe.ema_decay) if recipe.ema_decay
+                        else None)
             self.best_weights = [tf.Variable(variable, trainable=False) for variable in model.variables]
         self.plateau = Plateau(recipe.plateau_patience, recipe.plateau_factor)
         self.progress = dict(epochs_done=0, steps_done=0, loss_sum=0.0, correct_sum=0.0, best_epoch=0, history=[],
@@ -241,6 +247,8 @@ class Training:
                 one_cycle_learning_rate(self.optimizer.iterations, total_steps, self.recipe.learning_rate))
         self.optimizer.apply_gradients(gradients)  # once, on the summed gradients: every replica's copy moves alike
         # (for float16, LossScaleOptimizer unscales them, or skips the step if they overflowed)
+        if self.ema:
+            self.ema.update()
         return loss, correct
 
     # ---- epochs ----
@@ -261,7 +269,7 @@ class Training:
                     raise TrainingInterrupted(f"{stop.requested} at the end of epoch {epoch}" + self.saved_in())
         for variable, copy in zip(self.model.variables, self.best_weights):
             variable.assign(copy)
-        self.say(f"restored the best epoch, {self.progress['best_epoch']}")
+        self.say(f"restored the best epoch, {self.progress['best_epoch']}" + (", its averaged weights" if self.ema else ""))
         return self.progress["history"]
 
     def run_epoch(self, epoch, stop):
@@ -299,8 +307,9 @@ class Training:
     def end_epoch(self, epoch, seconds):
         """Evaluate, log, adjust a plateau schedule, keep the weights if this is the best epoch, save."""
         progress = self.progress
-        val_loss, val_accuracy = (evaluate(self.model, self.val_images, self.val_labels) if len(self.val_labels)
-                                  else (math.nan, math.nan))
+        with self.averaged_weights():
+            val_loss, val_accuracy = (evaluate(self.model, self.val_images, self.val_labels) if len(self.val_labels)
+                                      else (math.nan, math.nan))
         record = dict(epoch=epoch, train_loss=progress["loss_sum"] / self.n_train,
                       train_accuracy=progress["correct_sum"] / self.n_train, val_loss=val_loss,
                       val_accuracy=val_accuracy, learning_rate=float(self.optimizer.learning_rate.numpy()),
@@ -317,10 +326,15 @@ class Training:
             self.optimizer.learning_rate.assign(self.plateau(watched, record["learning_rate"]))
         if best_epoch(progress["history"]) is record:
             progress["best_epoch"] = epoch
-            for copy, variable in zip(self.best_weights, self.model.variables):
-                copy.assign(variable)
+            with self.averaged_weights():
+                for copy, variable in zip(self.best_weights, self.model.variables):
+                    copy.assign(variable)
             self.save("best")
         self.save("latest")
+
+    def averaged_weights(self):
+        """A block in which the model holds the moving averages of its weights (with ema_decay; else its own)."""
+        return self.ema.averaged() if self.ema else contextlib.nullcontext()
 
     def patience_ran_out(self):
         return self.progress["epochs_done"] - self.progress["best_epoch"] >= self.recipe.patience
@@ -332,7 +346,8 @@ class Training:
         with options.resume, the state of the latest checkpoint restored."""
         self.progress_text = tf.Variable("", dtype=tf.string, trainable=False)  # the host's: replicas never read it
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, rng=self.rng,
-                                              best_weights=self.best_weights, progress=self.progress_text)
+                                              best_weights=self.best_weights, progress=self.progress_text,
+                                              **({"ema": self.ema} if self.ema else {}))
         directory = self.options.checkpoint_dir
         self.managers = {} if not directory else {
             which: tf.train.CheckpointManager(self.checkpoint, f"{directory}/{which}", max_to_keep=1)

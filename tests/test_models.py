@@ -1,6 +1,8 @@
 """The registered networks (model.MODELS) and the training extras their recipes use: sizes and costs counted
 from the architectures by hand, a step of training on real digits, and the plateau schedule, class weights and
 weight penalty against Keras' own."""
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -214,3 +216,17 @@ def test_train_with_balanced_class_weights_weighs_each_digits_loss(digits):
     expected = np.mean(balanced_class_weights(labels)[labels] * losses)
     assert one_step_training_loss(digits, class_weights="balanced") == pytest.approx(expected, rel=1e-5)
     assert abs(expected - np.mean(losses)) > 1e-3
+
+
+def test_train_with_ema_keeps_the_moving_average_of_the_weights_not_the_weights(digits):
+    images, labels = digits
+    split = (images[:256], labels[:256], images[256:320], labels[256:320])
+    recipe = train.Recipe(max_n_epochs=1, patience=1, batch_size=64, learning_rate=3e-3, ema_decay=0.5)
+    training = train.Training(build_model("mlp", seed=3), split, recipe, 0, train.RunOptions(verbose=False))
+    training.run()
+    assert int(training.ema.updates) == 4  # one update a step
+    for kept, average in zip(training.model.trainable_variables, training.ema.averages):
+        np.testing.assert_array_equal(kept.numpy(), average.numpy())
+    plain = build_model("mlp", seed=3)
+    train.train(plain, split, dataclasses.replace(recipe, ema_decay=0.0), 0, train.RunOptions(verbose=False))
+    assert not np.allclose(plain.trainable_variables[0].numpy(), training.model.trainable_variables[0].numpy())
