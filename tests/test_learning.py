@@ -42,5 +42,5 @@ def test_a_short_training_gets_most_unseen_digits_right():
     network = train_briefly(*data.split_train_validation(images[:TRAIN_ROWS], labels[:TRAIN_ROWS], 90, SEED))
 
     _, unseen_accuracy = train.evaluate(network, unseen_images, unseen_labels)
-    assert unseen_accuracy >= MIN_UNSEEN_ACCURACY, \
-        f"{100 * unseen_accuracy:.1f}% of {UNSEEN_ROWS} unseen digits right, expected at least {100 * MIN_UNSEEN_ACCURACY:.0f}%"
+    assert unseen_accuracy >= MIN_UNSEEN_ACCURACY, (f"{100 * unseen_accuracy:.1f}% of {UNSEEN_ROWS} unseen digits "
+                                                    f"right, expected at least {100 * MIN_UNSEEN_ACCURACY:.0f}%")
