@@ -230,6 +230,9 @@ def main(argv=None):
         except RuntimeError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # run.py, in the same process group, stops too (and says where)
+            print(f"stopped in fold {fold}; no JSON written", file=sys.stderr)
+            return 130
         print(f"fold {fold}: held-out accuracy {percent(folds[-1]['accuracy'])} ({folds[-1]['errors']} errors of "
               f"{folds[-1]['digits']:,}) in {folds[-1]['wall_seconds']:.0f} s", flush=True)
     totals = summary(folds)
