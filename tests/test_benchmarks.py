@@ -1,9 +1,15 @@
 """The benchmarks' smoke runs: each script's --quick mode runs as a user runs it, prints its table and writes
-its JSON. Only the shape of what they report is checked, never how fast anything was."""
+its JSON. Only the shape of what they report is checked, never how fast anything was. Also holdout.py's folds."""
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
+
+import data
+from benchmarks import holdout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,3 +69,89 @@ def test_time_to_accuracy_quick_prints_its_table_and_writes_its_json(tmp_path):
         first = each["reached"]["0.0"]
         assert set(first) == {"seconds", "step", "accuracy"} and first["step"] == 1 and first["seconds"] > 0
     assert results["median_seconds"]["0.0"] > 0
+
+
+# ---- benchmarks/holdout.py: the folds, the files run.py is given, and one whole fold as a user runs it ----
+
+
+def test_holdout_folds_are_disjoint_and_cover_every_digit_once(real_digits):
+    _, labels = real_digits
+    folds = holdout.stratified_folds(labels, 5, seed=0)
+    assert len(folds) == 5
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(len(labels)))
+
+
+def test_holdout_folds_each_hold_every_digit_in_the_same_proportion(real_digits):
+    _, labels = real_digits
+    folds = holdout.stratified_folds(labels, 5, seed=0)
+    counts = np.array([np.bincount(labels[fold], minlength=10) for fold in folds])  # [fold, digit]
+    assert (counts.max(axis=0) - counts.min(axis=0) <= 1).all(), counts
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+
+
+def test_holdout_folds_are_shuffled_by_the_fold_seed(real_digits):
+    _, labels = real_digits
+    first, again, other = (holdout.stratified_folds(labels, 5, seed) for seed in (0, 0, 1))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_holdout_test_file_is_the_folds_digits_without_their_labels(real_digits, tmp_path):
+    images, labels = real_digits
+    fold = holdout.stratified_folds(labels, 5, seed=0)[1]
+    _, test_path = holdout.write_fold_csvs(images, labels, fold, tmp_path)
+    assert test_path.read_text().split("\n", 1)[0] == ",".join(f"pixel{i}" for i in range(28 * 28))
+    np.testing.assert_array_equal(data.load_test(test_path), images[fold])  # as run.py will read it
+
+
+def test_holdout_train_file_is_every_other_digit_with_its_label(real_digits, tmp_path):
+    images, labels = real_digits
+    fold = holdout.stratified_folds(labels, 5, seed=0)[1]
+    train_path, _ = holdout.write_fold_csvs(images, labels, fold, tmp_path)
+    rest = np.setdiff1d(np.arange(len(labels)), fold)
+    train_images, train_labels = data.load_train(train_path)
+    np.testing.assert_array_equal(train_images, images[rest])
+    np.testing.assert_array_equal(train_labels, labels[rest])
+
+
+def test_holdout_passes_unknown_flags_and_all_after_the_separator_to_run_py():
+    settings, run_py_args = holdout.parse_settings(["--ensemble", "3", "--run_folds", "1", "--", "--rows", "9"])
+    assert settings.run_folds == 1 and settings.rows == 0  # --rows after -- is run.py's, not ours
+    assert run_py_args == ["--ensemble", "3", "--rows", "9"]
+
+
+def test_holdout_refuses_to_pass_run_py_a_test_file_of_its_own(capsys):
+    with pytest.raises(SystemExit) as stop:
+        holdout.parse_settings(["--", "--test", "mine.csv"])
+    assert stop.value.code == 2 and "--test" in capsys.readouterr().err
+
+
+def repo_outputs():
+    """(path, size, mtime) of everything in the repo's run outputs: resources/, model/, tf_logs/, submission.csv."""
+    paths = [REPO / "submission.csv", *[path for name in ("resources", "model", "tf_logs")
+                                        for path in (REPO / name).rglob("*")]]
+    return {(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in paths if path.is_file()}
+
+
+def test_holdout_smoke_run_prints_its_table_writes_its_json_and_leaves_the_repo_alone(tmp_path):
+    before, out = repo_outputs(), tmp_path / "holdout.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "holdout.py"), "--rows", "600", "--run_folds",
+                             "1", "--out", str(out), "--", "--max_n_epochs", "1"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [cell.strip() for cell in table[0].strip("|").split("|")] == [
+        "fold", "digits", "held-out accuracy", "errors", "validation (best epoch)", "epoch", "run.py wall (s)",
+        "peak RSS (MB)"]
+    assert table[1].split("|")[1:3] == [" 1 ", " 120 "] and table[2].startswith("| mean ± std |")
+
+    results = json.loads(out.read_text())
+    assert results["settings"]["run_py_args"] == ["--max_n_epochs", "1"] and results["settings"]["rows"] == 600
+    [fold] = results["folds"]
+    assert fold["digits"] == 120 and fold["errors"] == len(fold["wrong"])  # 600 rows / 5 folds
+    assert fold["accuracy"] == (120 - fold["errors"]) / 120 and results["accuracy_std"] is None
+    assert fold["best_epoch"] == [1, 1] and 0 <= fold["validation_accuracy"] <= 1
+    assert fold["wall_seconds"] > 0 and fold["peak_rss_mb"] > 100  # TensorFlow alone takes more
+    # run.py ran in a scratch directory of its own: nothing landed in the repo, nor where holdout.py was run
+    assert repo_outputs() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["holdout.json"]
