@@ -38,8 +38,9 @@ def settings_of(namespace):
     """{name: value} of the configuration block of the script whose globals() `namespace` is: its settings of
     a plain value (a number, a string, a bool, or None with a type annotation)."""
     annotations = namespace.get("__annotations__", {})
-    return {name: namespace[name] for name in configuration_block(namespace["__file__"])
-            if isinstance(namespace[name], (bool, int, float, str)) or (namespace[name] is None and name in annotations)}
+    values = {name: namespace.get(name, ...) for name in configuration_block(namespace["__file__"])}
+    return {name: value for name, value in values.items()
+            if isinstance(value, (bool, int, float, str)) or (value is None and name in annotations)}
 
 
 def settings_parser(namespace, unset="not set"):

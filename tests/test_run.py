@@ -1,5 +1,6 @@
 """run.py end to end, as a user runs it: a subprocess on a few hundred real rows."""
 import csv
+import json
 import glob
 import os
 import subprocess
@@ -239,3 +240,21 @@ def write_rows_for_run(directory):
     from conftest import write_rows
     write_rows("train", 300, directory / "train.csv")
     write_rows("test", 50, directory / "test.csv")
+
+
+def test_a_flag_given_at_the_default_networks_value_is_honoured_for_another_network(tmp_path):
+    from model import MODELS
+    write_rows_for_run(tmp_path)
+    digitnet_rate, mlp_rate = MODELS["digitnet"].recipe.learning_rate, MODELS["mlp"].recipe.learning_rate
+    assert digitnet_rate != mlp_rate  # else this would prove nothing
+    result = run_py(["--model", "mlp", "--learning_rate", str(digitnet_rate), "--max_n_epochs", "1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    settings = json.loads((tmp_path / "model" / "settings.json").read_text())
+    assert (settings["model"], settings["learning_rate"], settings["max_n_epochs"]) == ("mlp", digitnet_rate, 1)
+    assert settings["batch_size"] == MODELS["mlp"].recipe.batch_size  # what was not given is the network's own
+
+
+def test_a_boolean_setting_can_be_turned_off(tmp_path):
+    import flags
+    parser = flags.settings_parser({"__file__": str(REPO / "run.py"), "tta": True})
+    assert parser.parse_args([]).tta is True and parser.parse_args(["--no-tta"]).tta is False
