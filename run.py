@@ -237,6 +237,9 @@ def write_outputs(config, members, history, split, test_images, run_name):
                             val_labels, RESOURCES_DIR, log_dir=f"{LOG_DIR}/{run_name}/report")
         if config.SHOW_INCORRECT:
             print_misclassified(val_probabilities, val_labels)
+    else:
+        print("no validation split (--percent_data_for_training 100): every digit trained, the whole schedule ran, "
+              "the last epoch is kept; no report. python benchmarks/holdout.py measures this recipe on unseen digits")
     checkpoints = f"{MODEL_DIR}/best, {MODEL_DIR}/latest" if config.ensemble == 1 else f"{MODEL_DIR}/ensemble/member-*/"
     print(f"checkpoints: {checkpoints}; SavedModel: {MODEL_DIR}/saved_model")
     print(f"TensorBoard logs: {LOG_DIR}/{run_name} (tensorboard --logdir {LOG_DIR}); submission: {SUBMISSION}")
