@@ -344,11 +344,12 @@ def source_points(fields, matrix=np.eye(3)):
 
 
 def scipy_resample(images, points, mode):
-    return np.stack([scipy.ndimage.map_coordinates(image[..., 0].astype(np.float64), list(where), order=1,
-                                                   mode=mode, cval=0.0) for image, where in zip(images, points)])[..., None]
+    return np.stack([scipy.ndimage.map_coordinates(image[..., 0].astype(np.float64), list(where), order=1, mode=mode,
+                                                   cval=0.0) for image, where in zip(images, points)])[..., None]
 
 
-# Simard's strength, and the same pushed 3 pixels down-right so that digits cross the image's edge
+# Simard's strength; and the same plus 3 pixels in both components, which moves the digits up and left, over
+# the image's edge
 FIELDS = {"alpha 34 sigma 4": smooth_fields(16, 34.0, 4.0),
           "over the edge": smooth_fields(16, 34.0, 4.0) + np.array([3.0, 3.0], np.float32)[:, None, None]}
 
@@ -379,15 +380,15 @@ def test_displace_through_matrices_reads_the_affine_image_at_the_displaced_point
     assert np.abs(ours - expected).max() < 1e-5
 
 
-def test_random_displacement_fields_have_mean_zero_and_the_spread_of_smoothed_uniform_noise():
-    alpha, sigma = 34.0, 4.0
+@pytest.mark.parametrize("alpha, sigma", [(34.0, 4.0), (10.0, 3.0)])  # Simard's; a Kaggle one beside affine
+def test_random_displacement_fields_have_mean_zero_and_the_spread_of_smoothed_uniform_noise(alpha, sigma):
     fields = random_displacement_fields(tf.random.Generator.from_seed(0), 2000, 28, 28, alpha, sigma).numpy()
     # Smoothing is linear, d = alpha * K u, so var d(p) = alpha^2 var(u) sum_q K(p, q)^2, var(u) = 1/3 for
     # U(-1, 1); K's rows from scipy's 1-D filter of unit impulses, K = K1 x K1 (separable).
     rows_of_k1 = scipy.ndimage.gaussian_filter1d(np.eye(28), sigma, axis=0, mode="constant")
     k1_squares = np.sum(rows_of_k1 ** 2, axis=1)
     expected_variance = alpha ** 2 / 3 * np.outer(k1_squares, k1_squares)
-    assert abs(fields.mean()) < 0.03  # std of the estimate: ~0.006 (neighbouring pixels move together)
+    assert abs(fields.mean()) < alpha / 500  # std of the estimate: ~alpha / 3,500 (neighbours move together)
     assert abs(np.mean(fields.var(axis=0) / expected_variance) - 1) < 0.05  # measured: within 1 %
     assert fields.std(axis=0).max() == pytest.approx(alpha / (math.sqrt(12 * math.pi) * sigma), rel=0.1)
 
@@ -472,10 +473,10 @@ def test_optimizer_matches_keras_step_by_step(name):
 
 @pytest.mark.parametrize("gradient_scale", [1e-6, 1e-8])
 def test_adam_matches_keras_step_by_step_with_gradients_so_small_that_epsilon_matters(gradient_scale):
-    # With gradients near 1 (above), sqrt(v) ~ 0.1-1 dwarfs epsilon = 1e-7 wherever it is put. Here
-    # sqrt(v) is at most ~epsilon (1e-6) or far below it (1e-8), so epsilon inside the square root, added to
-    # m or to sqrt(v_hat) instead of sqrt(v) moves the weights differently. They start at 0 and move by
-    # ~1e-4-1e-2, so a relative tolerance sees that.
+    # With gradients near 1 (above), sqrt(v) ~ 0.1-1 dwarfs epsilon = 1e-7 wherever it is put. Here sqrt(v)
+    # is at most ~2 epsilon (gradients 1e-6) or 1/50 of it (1e-8), so epsilon inside the square root, added
+    # to m, or added to sqrt(v_hat) instead of sqrt(v) moves the weights differently. They start at 0 and
+    # move by 3e-4 to 4e-2, so a tolerance relative to that sees it (measured: ours and Keras' bit for bit).
     _, gradients = fixed_problem()
     gradients = [[gradient_scale * x for x in g] for g in gradients]
     ours_vars = [tf.Variable(tf.zeros(shape)) for shape in SHAPES]
