@@ -316,9 +316,9 @@ class Training:
                       seconds=seconds)
         progress["history"].append(record)
         progress.update(epochs_done=epoch, steps_done=0, loss_sum=0.0, correct_sum=0.0)
+        validation = f"val loss {val_loss:.4f} acc {100 * val_accuracy:.2f}%  " if len(self.val_labels) else ""
         self.say(f"epoch {epoch:3d}/{self.recipe.max_n_epochs}  train loss {record['train_loss']:.4f} "
-                 f"acc {100 * record['train_accuracy']:.2f}%  val loss {val_loss:.4f} acc {100 * val_accuracy:.2f}%  "
-                 f"lr {record['learning_rate']:.2e}  {seconds:.1f}s")
+                 f"acc {100 * record['train_accuracy']:.2f}%  {validation}lr {record['learning_rate']:.2e}  {seconds:.1f}s")
         if self.writers:
             log_epoch(self.writers, self.model, record)
         if self.recipe.schedule == "plateau":  # Keras watches the validation loss; without one, the training loss
