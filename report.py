@@ -318,6 +318,10 @@ def main(argv=None):
     if settings is None or not os.path.exists(f"{MODEL_DIR}/best/checkpoint"):
         print(f"error: no trained model in {MODEL_DIR}/best/; run python run.py first", file=sys.stderr)
         return 2
+    if settings["percent_data_for_training"] == 100:
+        print(f"error: the model in {MODEL_DIR}/ trained on every digit, so there are none left to report on; "
+              "train one with python run.py --percent_data_for_training 90", file=sys.stderr)
+        return 2
     import data
     try:
         images, labels = data.load_train(data.find_csv("train"))
