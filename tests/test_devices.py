@@ -2,11 +2,13 @@
 CPUs computes what one device computes on the same global batch; TensorFlow fixes its devices when it starts, so
 the two-device cases run in fresh interpreters (tests/two_devices.py, and run.py itself). Mixed precision
 (run.py --mixed_precision): the layers compute in float16 or bfloat16 and train as float32 does."""
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,34 +69,61 @@ def test_run_py_trains_on_two_logical_cpus_and_its_saved_model_serves_on_one(tmp
     np.testing.assert_array_equal(submitted[:, 1], probabilities.argmax(1))
 
 
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for each in sockets:
-        each.bind(("localhost", 0))
-    ports = [each.getsockname()[1] for each in sockets]
-    for each in sockets:
-        each.close()
-    return ports
+@contextlib.contextmanager
+def reserved_ports(n):
+    """n free TCP ports, each held by a socket bound to it until the block ends -> the port numbers.
+
+    A port found free and let go could be taken by any process before a worker binds it. Held bound, the kernel
+    gives it to no one else: bind() refuses it, port 0 and outgoing connections skip it. The sockets set
+    SO_REUSEPORT, so a gRPC server that sets it too can bind the port alongside them: TensorFlow's does when
+    TF_GRPC_REUSE_PORT=1 (by default it does not, and then cannot start). They never listen, so every connection
+    reaches the worker; holding them while it runs costs nothing."""
+    with contextlib.ExitStack() as holders:
+        ports = []
+        for _ in range(n):
+            holder = holders.enter_context(socket.socket())
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            holder.bind(("0.0.0.0", 0))  # the wildcard TensorFlow binds: no other bind of the port can coexist
+            ports.append(holder.getsockname()[1])
+        yield ports
+
+
+def start_worker(cluster, index, workdir):
+    """run.py as worker `index` of `cluster` (TF_CONFIG), in workdir with its own data; its output goes to
+    workdir/stdout.txt and stderr.txt, files rather than pipes that a busy worker could fill and wait on."""
+    workdir.mkdir()
+    write_rows("train", 300, workdir / "train.csv")
+    write_rows("test", 40, workdir / "test.csv")
+    tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+    with open(workdir / "stdout.txt", "w") as stdout, open(workdir / "stderr.txt", "w") as stderr:
+        return subprocess.Popen([sys.executable, str(REPO / "run.py"), "--max_n_epochs", "1"], cwd=workdir,
+                                env={**os.environ, "TF_CONFIG": tf_config, "TF_GRPC_REUSE_PORT": "1"},
+                                stdout=stdout, stderr=stderr)
+
+
+def wait_for_all(processes, timeout):
+    """Each process's exit code, all within one timeout; none is left running (one that died leaves the
+    other waiting for it)."""
+    deadline = time.monotonic() + timeout
+    try:
+        return [process.wait(timeout=max(0.0, deadline - time.monotonic())) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_two_workers_described_by_tf_config_train_one_model_together(tmp_path):
-    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
-    workers = []
-    for index in range(2):
-        workdir = tmp_path / f"worker-{index}"
-        workdir.mkdir()
-        write_rows("train", 300, workdir / "train.csv")
-        write_rows("test", 40, workdir / "test.csv")
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        workers.append(subprocess.Popen([sys.executable, str(REPO / "run.py"), "--max_n_epochs", "1"], cwd=workdir,
-                                        env={**os.environ, "TF_CONFIG": tf_config}, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True))
-    outputs = [worker.communicate(timeout=600) for worker in workers]
-    for worker, (stdout, stderr) in zip(workers, outputs):
-        assert worker.returncode == 0, stderr
-        assert "devices: 2 replicas" in stdout
+    workdirs = [tmp_path / f"worker-{index}" for index in range(2)]
+    with reserved_ports(2) as ports:
+        cluster = {"worker": [f"localhost:{port}" for port in ports]}
+        codes = wait_for_all([start_worker(cluster, index, workdirs[index]) for index in range(2)], timeout=600)
+    for code, workdir in zip(codes, workdirs):
+        assert code == 0, (workdir / "stderr.txt").read_text()[-3000:]
+        assert "devices: 2 replicas" in (workdir / "stdout.txt").read_text()
     # each worker took half of every batch, and both ended with the same network
-    first, second = [(tmp_path / f"worker-{index}" / "submission.csv").read_text() for index in range(2)]
+    first, second = [(workdir / "submission.csv").read_text() for workdir in workdirs]
     assert first == second
 
 

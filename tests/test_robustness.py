@@ -1,4 +1,8 @@
 """What real runs meet: interruption, resumption, reproducibility, a diverging loss, a checkpoint that does not fit."""
+import os
+import pty
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -12,7 +16,8 @@ import tensorflow as tf
 from conftest import run_py, write_rows
 
 REPO = Path(__file__).resolve().parents[1]
-# Small batches make an epoch a few hundred short steps, so a signal lands in the middle of one.
+# Small batches make an epoch a few hundred short steps (338 here), so a signal sent once the second epoch has
+# begun lands in the middle of it.
 SHORT_RUN = ["--deterministic", "--max_n_epochs", "2", "--batch_size", "8"]
 
 
@@ -46,26 +51,73 @@ def uninterrupted(tmp_path_factory):
     return directory
 
 
-def interrupt_mid_epoch(directory, signal_number):
-    """Start the short run, send the signal once the second epoch is under way; -> (exit code, stdout, stderr)."""
-    process = start(SHORT_RUN, directory)
-    for line in process.stdout:
-        if line.startswith("epoch   1/2"):
-            time.sleep(1.0)  # past the end-of-epoch evaluation and saving, inside the second epoch's steps
-            process.send_signal(signal_number)
-            break
-    stdout, stderr = process.communicate(timeout=600)
-    return process.returncode, stdout, stderr
+def read_until(terminal, pattern, deadline):
+    """What the run writes to its terminal, read until it matches the regular expression `pattern` (or, with
+    pattern None, until the run closes it) -> the text; the run's ending first, or the deadline, fails the test."""
+    text = ""
+    while pattern is None or not re.search(pattern, text):
+        if not select.select([terminal], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            pytest.fail(f"no {pattern!r} from run.py within the time allowed; it wrote: ...{text[-500:]!r}")
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # EIO: every copy of the terminal's other end is closed, the run has ended
+            chunk = b""
+        if not chunk:
+            assert pattern is None, f"run.py ended before writing {pattern!r}; it wrote: ...{text[-500:]!r}"
+            return text
+        text += chunk.decode(errors="replace")
+    return text
+
+
+def interrupt_in_the_second_epoch(directory, signal_number, timeout=600):
+    """Start the short run on a terminal, as a user runs it, and send the signal as soon as the progress bar shows
+    a step of the second epoch done -> (exit code, stderr).
+
+    An event rather than a pause: the bar is drawn only after the step, so the signal cannot come before the end of
+    the first epoch (its evaluation, saving and stop check) is behind the run, however slow the machine. Where it
+    then lands is whatever the run reports (`where_it_stopped`): in practice early in the second epoch's 338 steps,
+    and the tests hold at an epoch's end too. stderr goes to a file, so the run never waits on a full pipe."""
+    deadline = time.monotonic() + timeout
+    terminal, run_side = pty.openpty()
+    with open(directory / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *SHORT_RUN], cwd=directory,
+                                   stdout=run_side, stderr=stderr)
+    os.close(run_side)
+    try:
+        # the epoch line, then the bar's "k/338  loss" redrawn after a step of the next epoch
+        read_until(terminal, r"epoch +1/2[^\n]*\n.*\d+/\d+ +loss", deadline)
+        process.send_signal(signal_number)
+        read_until(terminal, None, deadline)  # keep reading, so the run never waits on a full terminal
+        code = process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        os.close(terminal)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return code, (directory / "stderr.txt").read_text()
+
+
+def where_it_stopped(stderr):
+    """The run's own report of where a signal stopped it -> (epochs done, steps done of the next one)."""
+    mid_epoch = re.search(r"^stopped: .* at epoch (\d+), step (\d+) of \d+", stderr, re.MULTILINE)
+    if mid_epoch:
+        return int(mid_epoch[1]) - 1, int(mid_epoch[2])
+    epoch_end = re.search(r"^stopped: .* at the end of epoch (\d+)", stderr, re.MULTILINE)
+    assert epoch_end, f"no 'stopped: ... at ...' line in: ...{stderr[-1000:]}"
+    return int(epoch_end[1]), 0
 
 
 def test_ctrl_c_mid_epoch_saves_and_resume_ends_with_the_same_weights(uninterrupted, tmp_path):
     directory = workdir(tmp_path)
-    code, _, stderr = interrupt_mid_epoch(directory, signal.SIGINT)
+    code, stderr = interrupt_in_the_second_epoch(directory, signal.SIGINT)
     assert code == 130, stderr
-    assert "stopped: interrupted by Ctrl-C at epoch 2, step" in stderr
+    assert "stopped: interrupted by Ctrl-C at " in stderr and "Traceback" not in stderr
     assert "--resume" in stderr.splitlines()[-1]
+    epochs_done, steps_done = where_it_stopped(stderr)
+    assert (epochs_done, steps_done) >= (1, 1)  # not before the step the bar showed
     resumed = run(SHORT_RUN + ["--resume"], directory)
-    assert "resuming after epoch 1, step" in resumed and "epoch   1/2" not in resumed
+    assert f"resuming after epoch {epochs_done}, step {steps_done}," in resumed
+    assert not any(f"epoch {epoch:3d}/2" in resumed for epoch in range(1, epochs_done + 1))
     expected, actual = model_weights(uninterrupted), model_weights(directory)
     assert expected.keys() == actual.keys()
     for name in expected:
@@ -74,9 +126,10 @@ def test_ctrl_c_mid_epoch_saves_and_resume_ends_with_the_same_weights(uninterrup
 
 def test_sigterm_stops_cleanly_with_a_checkpoint_to_resume_from(tmp_path):
     directory = workdir(tmp_path)
-    code, _, stderr = interrupt_mid_epoch(directory, signal.SIGTERM)
+    code, stderr = interrupt_in_the_second_epoch(directory, signal.SIGTERM)
     assert code == 130, stderr
-    assert "stopped: stopped by SIGTERM at epoch 2" in stderr and "Traceback" not in stderr
+    assert "stopped: stopped by SIGTERM at " in stderr and "Traceback" not in stderr
+    assert where_it_stopped(stderr) >= (1, 1)
     assert tf.train.latest_checkpoint(str(directory / "model" / "latest"))
 
 
