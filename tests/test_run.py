@@ -22,10 +22,20 @@ def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     write_rows("train", 400, workdir / "train.csv")
     write_rows("test", 150, workdir / "test.csv")
-    result = run_py(["--max_n_epochs", "1", "--batch_size", "32", "--show_incorrect"], cwd=workdir)
+    result = run_py(["--max_n_epochs", "1", "--batch_size", "32", "--show_incorrect", "--percent_data_for_training",
+                     "90"], cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     (workdir / "stderr.txt").write_text(result.stderr)
     return workdir, result.stdout
+
+
+def test_by_default_every_digit_trains_the_whole_schedule_and_the_last_epoch_is_kept(tmp_path):
+    write_rows_for_run(tmp_path)
+    result = run_py(["--max_n_epochs", "2", "--patience", "1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "data: 300 training and 0 validation digits" in result.stdout
+    assert "epoch   2/2" in result.stdout and "restored the best epoch, 2" in result.stdout
+    assert "no validation split" in result.stdout and not (tmp_path / "resources").exists()
 
 
 def test_a_run_on_a_cpu_prints_nothing_to_stderr(finished_run):
@@ -154,13 +164,15 @@ def test_ensemble_keeps_each_member_and_a_rerun_reuses_them(tmp_path):
     from conftest import write_rows
     write_rows("train", 300, tmp_path / "train.csv")
     write_rows("test", 50, tmp_path / "test.csv")
-    first = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32"], cwd=tmp_path)
+    first = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32", "--percent_data_for_training", "90"],
+                   cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("epoch   1/1") == 2
     assert "validation accuracy of the 2-member ensemble" in first.stdout
     for member in (1, 2):
         assert (tmp_path / "model" / "ensemble" / f"member-{member}" / "finished.json").exists()
-    again = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32"], cwd=tmp_path)
+    again = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32", "--percent_data_for_training", "90"],
+                   cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "epoch   1/1" not in again.stdout and again.stdout.count("reusing the finished member") == 2
     assert (tmp_path / "submission.csv").read_text().count("\n") == 51
