@@ -61,6 +61,10 @@ class NoDigit(Exception):
     """The picture was read, and holds no digit: the reason is the message."""
 
 
+class PictureTooLarge(ValueError):
+    """More than MAX_PIXELS pixels: refused before it is decoded (a decompression bomb, or just too big)."""
+
+
 @dataclass
 class Reading:
     digits: str  # as printed: "7", "2026", "2?26", or "?"
@@ -79,14 +83,15 @@ def open_picture(source):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"picture too large: more than {MAX_PIXELS // 10**6} million pixels") from None
+        raise PictureTooLarge(f"picture too large: more than {MAX_PIXELS // 10**6} million pixels") from None
     except UnidentifiedImageError:
         raise ValueError("not a picture Pillow can read") from None
     except OSError as error:  # missing, a directory, unreadable
         raise ValueError(error.strerror or str(error)) from None
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise ValueError(f"picture too large: {width}x{height} pixels, more than {MAX_PIXELS // 10**6} million")
+        raise PictureTooLarge(f"picture too large: {width}x{height} pixels, more than {MAX_PIXELS // 10**6} "
+                              "million")
     return image
 
 
@@ -194,16 +199,20 @@ def _remove_horizontal_lines(ink):
     # A line tilted by a pixel or two across the picture still fills its band of rows (2 more on each side).
     band = morphology.dilation(running, np.ones((5, 1), bool))
     rows = np.flatnonzero(band.mean(axis=1) > LINE_SPAN)
-    bands = [run for run in np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1) if len(run)]
-    thickness = [len(run) - min(2, run[0]) - min(2, len(ink) - 1 - run[-1]) for run in bands]
-    bands = [run for run, thick in zip(bands, thickness) if 0 < thick <= max(5, LINE_THICKNESS * len(ink))]
+    bands = {}  # first row -> the line's thickness (the band less the rows the dilation added)
+    for run in np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1):
+        thickness = len(run) - min(2, run[0]) - min(2, len(ink) - 1 - run[-1]) if len(run) else 0
+        if 0 < thickness <= max(5, LINE_THICKNESS * len(ink)):
+            bands[run[0]] = len(run), thickness
     if not bands:
         return ink
     line_rows = np.zeros(len(ink), bool)
-    line_rows[np.concatenate(bands)] = True
+    for first, (rows_in_band, _) in bands.items():
+        line_rows[first:first + rows_in_band] = True
     lines = running & line_rows[:, None]
     cleaned = np.where(lines, np.clip(ink - along, 0, None), ink)
-    across = np.ones((2 * max(t for t in thickness if t <= max(5, LINE_THICKNESS * len(ink))) + 3, 1), bool)
+    # The gap is as wide as the band: a stroke running along the line there is taken away with it.
+    across = np.ones((2 * max(rows_in_band for rows_in_band, _ in bands.values()) + 1, 1), bool)
     closed = morphology.closing(cleaned, across)
     near_lines = morphology.dilation(lines, np.ones((3, 1), bool))
     return np.where(near_lines, closed, cleaned).astype(np.float32)
