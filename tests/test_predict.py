@@ -171,21 +171,21 @@ def test_squared_paper_alone_holds_no_digit():
 
 def test_paper_darker_than_mid_grey_reads_like_daylight(clean):
     paper, expected = clean
-    dim = picture(0.3 * paper)  # an evening photo: the paper at 30 % grey, the ink darker still
-    assert correlation(seen(dim)[0], expected) > 0.98
+    dim = picture(0.12 * paper)  # an evening photo: the paper at 12 % grey, the ink darker still
+    assert correlation(seen(dim)[0], expected) > 0.95
 
 
 def test_a_lamp_to_one_side_does_not_change_the_digit(clean):
     paper, expected = clean
-    light = np.linspace(1.0, 0.25, paper.shape[1], dtype=np.float32)  # bright on the left, a quarter on the right
+    light = np.linspace(0.1, 1.0, paper.shape[1], dtype=np.float32)  # the digit, on the left, in the shadow
     assert correlation(seen(picture(paper * light))[0], expected) > 0.98
 
 
-def test_blue_ink_reads_like_black_ink(clean):
+def test_ink_of_any_colour_is_seen_even_yellow(clean):
     paper, expected = clean
     ink = 1 - paper[..., None]
-    blue = 1 - ink * (1 - np.array([0.15, 0.2, 0.7], np.float32))  # blue ballpoint on white
-    assert correlation(seen(picture(blue))[0], expected) > 0.98
+    yellow = 1 - ink * np.array([0.0, 0.1, 0.9], np.float32)  # hardly darker than white, but in blue
+    assert correlation(seen(picture(yellow))[0], expected) > 0.98
 
 
 def test_a_small_digit_in_a_large_photo_is_found(clean):
