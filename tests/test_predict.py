@@ -1,18 +1,36 @@
-"""predict.py: your own handwriting, made to look like MNIST, then recognised by the exported SavedModel."""
+"""predict.py: your own handwriting, photographed as people do, made to look like MNIST, then read by the exported
+SavedModel: one digit, a whole number, or "?" when there is no digit."""
+import json
+import os
 import re
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
-from scipy import ndimage
+from skimage import measure
 
-from predict import to_mnist
+import predict
+from predict import NoDigit, mnist_digits
 
 REPO = Path(__file__).resolve().parents[1]
 PREDICTION = re.compile(r"^(?P<path>\S+): (?P<digit>\d)  \((?P<top3>\d \d\.\d\d, \d \d\.\d\d, \d \d\.\d\d)\)$")
+NUMBER = re.compile(r"^(?P<path>\S+): (?P<digits>[\d?]{2,})  \((?P<each>[\d?]{1,2} \d\.\d\d(, [\d?]{1,2} \d\.\d\d)+)\)$")
+NO_DIGIT = re.compile(r"^(?P<path>\S+): \?  \(no digit: .+\)$")
+
+
+def unsure(pictures):
+    """A stand-in for the model that knows nothing: every digit equally likely."""
+    return np.full((len(pictures), 10), 0.1, np.float32)
+
+
+def seen(image):
+    """What the network would see of a picture: float32 [n, 28, 28]."""
+    return mnist_digits(image, unsure)[0]
 
 
 def draw(digit, ink=0, paper=255):
@@ -28,125 +46,299 @@ def draw(digit, ink=0, paper=255):
     return canvas
 
 
+def on_paper(digits, size=(600, 450), top=130, left=40, gap=30, height=280):
+    """Real 28x28 MNIST digits (ink 1 on 0), enlarged to `height` pixels and written dark on white paper in a
+    row -> float32 [h, w] in [0, 1] (1: white)."""
+    paper = np.ones(size[::-1], np.float32)
+    for digit in digits:
+        enlarged = np.asarray(Image.fromarray(np.float32(digit)).resize((height, height), Image.Resampling.BICUBIC))
+        rows, columns = np.nonzero(enlarged > 0.05)
+        ink = np.clip(enlarged[:, columns.min():columns.max() + 1], 0, 1)
+        region = paper[top:top + height, left:left + ink.shape[1]]
+        region[:] = np.minimum(region, 1 - ink)
+        left += ink.shape[1] + gap
+    return paper
+
+
+def picture(paper):
+    return Image.fromarray(np.uint8(np.round(np.clip(paper, 0, 1) * 255)))
+
+
+def correlation(a, b):
+    return np.corrcoef(np.ravel(a), np.ravel(b))[0, 1]
+
+
 def ink_box(digit):
     """(height, width) of the smallest box holding every non-zero pixel."""
     rows, columns = np.nonzero(digit)
     return rows.max() - rows.min() + 1, columns.max() - columns.min() + 1
 
 
-def predict(args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "predict.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
-
-
-# ---- to_mnist, the preprocessing --------------------------------------------------------------------------
+# ---- MNIST's way: the 28x28 pictures ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("digit", [1, 7, 0])
 def test_gives_a_28x28_float_image_in_0_1(digit):
-    image = to_mnist(draw(digit))
-    assert image.shape == (28, 28) and image.dtype == np.float32
-    assert image.min() == 0 and image.max() == 1
+    images = seen(draw(digit))
+    assert images.shape == (1, 28, 28) and images.dtype == np.float32
+    assert images.min() == 0 and images.max() == 1
 
 
 @pytest.mark.parametrize("digit", [1, 7, 0])
 def test_dark_ink_on_white_paper_becomes_light_ink_on_black(digit):
-    image = to_mnist(draw(digit))
+    image = seen(draw(digit))[0]
     assert np.median(image) == 0  # the paper, black
     assert np.mean(image > 0.5) > 0.05  # the strokes, light
 
 
 @pytest.mark.parametrize("digit", [1, 7, 0])
 def test_the_larger_side_is_scaled_to_20_pixels(digit):
-    assert max(ink_box(to_mnist(draw(digit)))) == 20
+    assert max(ink_box(seen(draw(digit))[0])) == 20
 
 
 def test_the_aspect_ratio_is_kept():
-    height, width = ink_box(to_mnist(draw(1)))  # a stroke 150 tall and about 35 wide
+    height, width = ink_box(seen(draw(1))[0])  # a stroke 150 tall and about 35 wide
     assert height == 20 and 3 <= width <= 7
 
 
 @pytest.mark.parametrize("digit", [1, 7, 0])
 def test_the_centre_of_mass_is_at_the_centre_to_half_a_pixel(digit):
-    centre = np.array(ndimage.center_of_mass(to_mnist(draw(digit))))
+    centre = np.array(measure.centroid(seen(draw(digit))[0]))
     assert np.all(np.abs(centre - 14) <= 0.5 + 1e-5), centre  # where MNIST puts it, to a whole-pixel shift
 
 
 def test_a_light_digit_on_a_dark_background_is_not_inverted():
     dark_on_light = draw(7)
     light_on_dark = ImageOps.invert(dark_on_light)
-    np.testing.assert_allclose(to_mnist(light_on_dark), to_mnist(dark_on_light), atol=1e-6)
+    np.testing.assert_allclose(seen(light_on_dark), seen(dark_on_light), atol=1e-6)
 
 
 def test_a_transparent_background_counts_as_white_paper():
     drawing = draw(7)
     transparent = Image.new("RGBA", drawing.size, (0, 0, 0, 0))  # transparent black, as drawing apps save it
     transparent.putalpha(ImageOps.invert(drawing))  # opaque black where the ink is
-    np.testing.assert_allclose(to_mnist(transparent), to_mnist(drawing), atol=1e-6)
+    np.testing.assert_allclose(seen(transparent), seen(drawing), atol=1e-6)
 
 
 def test_a_16_bit_grey_picture_reads_as_its_8_bit_copy():
     drawing = draw(0, ink=60, paper=200)  # greys, which clipping at 255 would flatten into one
     sixteen_bit = Image.fromarray(np.asarray(drawing).astype(np.uint16) * 257)  # 255 -> 65535
     assert sixteen_bit.mode == "I;16"
-    np.testing.assert_allclose(to_mnist(sixteen_bit), to_mnist(drawing), atol=1e-5)
+    np.testing.assert_allclose(seen(sixteen_bit), seen(drawing), atol=1e-5)
 
 
 def test_real_mnist_digits_enlarged_on_paper_come_back_as_themselves(real_digits):
     images, _ = real_digits
-    correlations = []
-    for original in images[:20, :, :, 0]:
-        enlarged = Image.fromarray(np.uint8(255 - 255 * original)).resize((280, 280), Image.Resampling.BICUBIC)
-        paper = Image.new("L", (600, 450), 255)
-        paper.paste(enlarged, (40, 130))
-        correlations.append(np.corrcoef(to_mnist(paper).ravel(), original.ravel())[0, 1])
+    correlations = [correlation(seen(picture(on_paper([original])))[0], original)
+                    for original in images[:20, :, :, 0]]
     assert np.mean(correlations) > 0.9 and min(correlations) > 0.6, correlations
 
 
-def test_a_blank_picture_is_refused():
-    with pytest.raises(ValueError, match="blank"):
-        to_mnist(Image.new("L", (100, 100), 255))
+# ---- photos as people take them ---------------------------------------------------------------------------
+
+@pytest.fixture
+def clean(real_digits):
+    """A real digit (train.csv's 14th, a 9), enlarged on white paper, and what the network sees of it."""
+    digit = real_digits[0][13, :, :, 0]
+    return on_paper([digit]), seen(picture(on_paper([digit])))[0]
+
+
+def test_a_speck_far_from_the_digit_does_not_move_the_crop(clean):
+    paper, expected = clean
+    paper[420:422, 580:582] = 0  # a 4-pixel speck, as dark as the ink
+    np.testing.assert_allclose(seen(picture(paper))[0], expected, atol=1e-6)
+
+
+def test_specks_around_the_digit_are_dropped(clean):
+    paper, expected = clean
+    for y, x in [(40, 100), (60, 400), (300, 20), (430, 300), (100, 560), (200, 360)]:
+        paper[y:y + 3, x:x + 3] = 0
+    assert correlation(seen(picture(paper))[0], expected) > 0.98
+
+
+def test_the_lines_of_squared_paper_are_removed(clean):
+    paper, expected = clean
+    lines = np.ones_like(paper)
+    lines[::30] = lines[:, ::30] = 0.45  # dark grey lines, one pixel thick, every 30 pixels
+    assert correlation(seen(picture(np.minimum(paper, lines)))[0], expected) > 0.95
+
+
+def test_squared_paper_alone_holds_no_digit():
+    lines = np.ones((450, 600), np.float32)
+    lines[5::30] = lines[:, 5::30] = 0.45
+    with pytest.raises(NoDigit):
+        seen(picture(lines))
+
+
+def test_paper_darker_than_mid_grey_reads_like_daylight(clean):
+    paper, expected = clean
+    dim = picture(0.12 * paper)  # an evening photo: the paper at 12 % grey, the ink darker still
+    assert correlation(seen(dim)[0], expected) > 0.95
+
+
+def test_a_lamp_to_one_side_does_not_change_the_digit(clean):
+    paper, expected = clean
+    light = np.linspace(0.1, 1.0, paper.shape[1], dtype=np.float32)  # the digit, on the left, in the shadow
+    assert correlation(seen(picture(paper * light))[0], expected) > 0.98
+
+
+def test_ink_of_any_colour_is_seen_even_yellow(clean):
+    paper, expected = clean
+    ink = 1 - paper[..., None]
+    yellow = 1 - ink * np.array([0.0, 0.1, 0.9], np.float32)  # hardly darker than white, but in blue
+    assert correlation(seen(picture(yellow))[0], expected) > 0.98
+
+
+def test_a_small_digit_in_a_large_photo_is_found(clean):
+    _, expected = clean
+    digit = Image.fromarray(np.uint8(255 * clean[0][130:410, 40:320]))
+    photo = Image.new("L", (3000, 2250), 255)
+    photo.paste(digit.resize((100, 100), Image.Resampling.LANCZOS), (2100, 400))
+    assert correlation(seen(photo)[0], expected) > 0.9
+
+
+def test_a_number_in_a_row_gives_its_digits_left_to_right(real_digits):
+    images, _ = real_digits
+    digits = images[[7, 1, 3, 2], :, :, 0]
+    number = seen(picture(on_paper(list(digits), size=(1000, 400), height=200)))  # no shrinking: 1000 < 1024
+    assert len(number) == 4
+    alone = [seen(picture(on_paper([digit], size=(400, 400), height=200)))[0] for digit in digits]
+    assert all(correlation(found, single) > 0.95 for found, single in zip(number, alone))
+
+
+def test_digits_that_touch_are_cut_where_they_meet():
+    two_blobs = np.zeros((100, 160), bool)
+    two_blobs[10:90, 5:75] = two_blobs[10:90, 85:155] = True  # two 70-wide digits ...
+    two_blobs[48:52, 75:85] = True  # ... joined by a thin stroke at columns 75-84
+    in_two = [way for way in predict.ways_to_split(two_blobs) if len(way) == 2]
+    assert len(in_two) == 1 and in_two[0][0][0] == 0 and in_two[0][1][1] == 160
+    assert 75 <= in_two[0][0][1] == in_two[0][1][0] <= 85, in_two
+
+
+def test_a_blank_picture_holds_no_digit():
+    with pytest.raises(NoDigit, match="no ink"):
+        seen(Image.new("L", (100, 100), 255))
+
+
+def test_noise_holds_no_digit():
+    noise = np.random.default_rng(0).uniform(0, 255, (300, 400)).astype(np.uint8)
+    with pytest.raises(NoDigit):
+        seen(Image.fromarray(noise))
+
+
+def png_header_only(width, height):
+    """The start of a PNG that claims width x height pixels: Pillow reads the size from it without decoding."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [20000, 8000])  # Pillow's own bomb error, and predict's limit below it
+def test_a_picture_of_too_many_pixels_is_refused_before_it_is_decoded(tmp_path, side):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(side, side))
+    with pytest.raises(predict.PictureTooLarge, match="picture too large"):
+        predict.read(bomb, unsure)
+
+
+# ---- the answer -------------------------------------------------------------------------------------------
+
+def sure_of(digit_for):
+    """A stand-in for the model, sure (0.9) of digit_for(picture index) for each picture; of the others, the
+    lower digits a little likelier (about 0.01 each)."""
+    def classify(pictures):
+        probabilities = np.tile(np.linspace(0.0114, 0.0108, 10, dtype=np.float32), (len(pictures), 1))
+        probabilities[np.arange(len(pictures)), [digit_for(i) for i in range(len(pictures))]] = 0.9
+        return probabilities
+    return classify
+
+
+def test_a_digit_the_model_is_unsure_of_is_answered_with_a_question_mark(tmp_path):
+    draw(7).save(tmp_path / "seven.png")
+    reading = predict.read(tmp_path / "seven.png", unsure)
+    assert reading.digits == "?" and reading.details.startswith("no digit: the model is unsure")
+
+
+def test_a_sure_digit_is_answered_with_its_three_likeliest(tmp_path):
+    draw(7).save(tmp_path / "seven.png")
+    reading = predict.read(tmp_path / "seven.png", sure_of(lambda i: 7))
+    assert reading.digits == "7" and reading.details == "7 0.90, 0 0.01, 1 0.01"
 
 
 # ---- python predict.py, end to end ------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, real_digits):
-    """A scratch directory as run.py leaves it (a briefly trained model in model/saved_model) with three drawn
-    digits, in PNG and JPEG, and a file that is not a picture."""
-    import tensorflow as tf
-    from model import DigitNet
-    from conftest import train_with
-    from ensemble import export_saved_model
+@pytest.fixture(scope="session")
+def tiny_saved_model(tmp_path_factory, real_digits):
+    """model/saved_model of a network trained briefly on 400 real digits, made once for the whole session
+    (tests/test_serve.py uses it too, through this fixture)."""
+    path = tmp_path_factory.getbasetemp() / "tiny_model" / "saved_model"
+    if not (path / "saved_model.pb").exists():
+        import tensorflow as tf
+        from conftest import train_with
+        from ensemble import export_saved_model
+        from model import DigitNet
 
-    images, labels = real_digits
-    tf.random.set_seed(0)
-    model = DigitNet(seed=0)
-    train_with(model, (images[:400], labels[:400], images[400:], labels[400:]), max_n_epochs=1, patience=1,
-               batch_size=32, learning_rate=3e-3)
+        images, labels = real_digits
+        tf.random.set_seed(0)
+        network = DigitNet(seed=0)
+        train_with(network, (images[:400], labels[:400], images[400:], labels[400:]), max_n_epochs=1, patience=1,
+                   batch_size=32, learning_rate=3e-3)
+        export_saved_model([network], str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_saved_model, real_digits):
+    """A scratch directory as run.py leaves it (the tiny model in model/saved_model) with three drawn digits,
+    in PNG and JPEG, a number, a blank page and a file that is not a picture."""
     workdir = tmp_path_factory.mktemp("predict")
-    export_saved_model([model], str(workdir / "model" / "saved_model"))
+    (workdir / "model").mkdir()
+    os.symlink(tiny_saved_model, workdir / "model" / "saved_model")
+    # as run.py --percent_data_for_training 90 records it (benchmarks/photos.py reads which digits were unseen)
+    (workdir / "model" / "settings.json").write_text('{"percent_data_for_training": 90, "seed": 42}')
     draw(1).save(workdir / "one.png")
     draw(7).convert("RGB").save(workdir / "seven.jpg", quality=90)
     draw(0).save(workdir / "zero.png")
+    picture(on_paper(list(real_digits[0][[7, 1, 3], :, :, 0]), size=(1100, 450), height=250)).save(
+        workdir / "number.png")
+    Image.new("L", (200, 150), 255).save(workdir / "blank.png")
     (workdir / "notes.txt").write_text("not a picture\n")
     return workdir
 
 
+def predict_py(args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "predict.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
 @pytest.fixture(scope="module")
 def finished(workdir):
-    """python predict.py --show on the three pictures and, among them, the file that is not a picture."""
-    return predict(["--show", "one.png", "seven.jpg", "notes.txt", "zero.png"], cwd=workdir)
+    """python predict.py --show, always guessing, on the pictures and, among them, the file that is not one."""
+    return predict_py(["--show", "--min_confidence", "0", "one.png", "seven.jpg", "notes.txt", "zero.png",
+                       "number.png", "blank.png"], cwd=workdir)
 
 
 def test_prints_each_pictures_digit_and_top_3_probabilities(finished):
     lines = finished.stdout.splitlines()
-    assert [PREDICTION.match(line)["path"] for line in lines] == ["one.png", "seven.jpg", "zero.png"], lines
-    for line in lines:
-        match = PREDICTION.match(line)
+    singles = [PREDICTION.match(line) for line in lines[:3]]
+    assert [match["path"] for match in singles] == ["one.png", "seven.jpg", "zero.png"], lines
+    for match in singles:
         top3 = [pair.split() for pair in match["top3"].split(", ")]
         digits, probabilities = [d for d, _ in top3], [float(p) for _, p in top3]
         assert digits[0] == match["digit"] and len(set(digits)) == 3
         assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.02
+
+
+def test_a_number_prints_its_digits_then_each_digits_probability(finished):
+    match = NUMBER.match(finished.stdout.splitlines()[3])
+    assert match and match["path"] == "number.png", finished.stdout
+    each = match["each"].split(", ")
+    assert len(match["digits"]) == len(each) == 3
+    assert [pair.split()[0].rstrip("?") for pair in each] == list(match["digits"])
+
+
+def test_a_blank_page_prints_a_question_mark_and_why(finished):
+    assert NO_DIGIT.match(finished.stdout.splitlines()[4]).group("path") == "blank.png"
 
 
 def test_a_file_that_is_not_a_picture_gets_one_error_line_and_exit_code_2(finished):
@@ -155,24 +347,30 @@ def test_a_file_that_is_not_a_picture_gets_one_error_line_and_exit_code_2(finish
     assert finished.returncode == 2
 
 
-def test_show_saves_what_the_network_sees_beside_the_picture(finished, workdir):
-    for name in ["one.png", "seven.jpg", "zero.png"]:
+def test_show_saves_what_the_network_saw_beside_the_picture(finished, workdir):
+    import tensorflow as tf
+    serve = tf.saved_model.load(str(workdir / "model" / "saved_model")).signatures["serving_default"]
+    classify = lambda pictures: serve(images=tf.constant(pictures[..., None]))["probabilities"].numpy()  # noqa: E731
+    for name, count in [("one.png", 1), ("seven.jpg", 1), ("zero.png", 1), ("number.png", 3)]:
         with Image.open(workdir / name.replace(Path(name).suffix, ".mnist.png")) as preview:
-            assert preview.format == "PNG" and preview.size == (28, 28) and preview.mode == "L"
+            assert preview.format == "PNG" and preview.size == (28 * count, 28) and preview.mode == "L"
             pixels = np.asarray(preview)
-        with Image.open(workdir / name) as picture:
-            np.testing.assert_array_equal(pixels, np.round(255 * to_mnist(picture)))
+        with Image.open(workdir / name) as image:
+            pictures = mnist_digits(image, classify)[0]
+        np.testing.assert_array_equal(pixels, np.round(255 * np.concatenate(list(pictures), axis=1)))
+    assert not (workdir / "blank.mnist.png").exists()
 
 
 def test_exit_code_is_0_when_every_picture_is_read(workdir, monkeypatch, capsys):
-    import predict
-    monkeypatch.chdir(workdir)  # in this process, to spare another start of TensorFlow
-    assert predict.main(["one.png", "zero.png"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    monkeypatch.chdir(workdir)  # in this process, with a stand-in model, to spare another start of TensorFlow
+    monkeypatch.setattr(predict, "load_classifier", lambda: sure_of(lambda i: 3))
+    assert predict.main(["one.png", "blank.png"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["one.png: 3  (3 0.90, 0 0.01, 1 0.01)",
+                                                    "blank.png: ?  (no digit: no ink stands out from the paper)"]
 
 
 def test_a_missing_file_is_named_in_its_error(workdir):
-    result = predict(["nowhere.png"], cwd=workdir)
+    result = predict_py(["nowhere.png"], cwd=workdir)
     assert result.returncode == 2
     assert "error: nowhere.png: No such file or directory" in result.stderr
     assert result.stdout == ""
@@ -180,6 +378,18 @@ def test_a_missing_file_is_named_in_its_error(workdir):
 
 def test_without_a_model_says_run_python_run_py_first(tmp_path):
     draw(7).save(tmp_path / "seven.png")
-    result = predict(["seven.png"], cwd=tmp_path)
+    result = predict_py(["seven.png"], cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "run python run.py first" in result.stderr
+
+
+def test_the_photos_benchmark_smoke_run_prints_its_table_and_writes_its_json(tmp_path, workdir):
+    out = tmp_path / "photos.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "photos.py"), "--quick", "--model",
+                             str(workdir / "model" / "saved_model"), "--out", str(out)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validation split" in result.stdout  # it says which digits it used
+    results = json.loads(out.read_text())
+    assert [row["kind"] for row in results["rows"]] == ["single digit"] * 11 + ["number"] * 4 + ["not a digit"] * 4
+    assert len(results["targets"]) == 5 and results["calibration"]["table"]

@@ -1,0 +1,453 @@
+"""How well does predict.py read photos as people take them, and say "?" for what is not a digit?
+
+    python run.py --percent_data_for_training 90   # a model that leaves digits unseen (the default trains on all)
+    python benchmarks/photos.py            # about 20 minutes on that model/saved_model
+    python benchmarks/photos.py --quick    # a smoke run in seconds; its numbers mean nothing
+
+The digits are real: train.csv digits from the validation split of that run (data.split_train_validation with
+its percent_data_for_training and seed, read from model/settings.json), which the model did not train on. Each is enlarged and
+written onto a rendered photo under one condition: clean; dim; a lamp to one side; ruled paper; squared paper;
+specks; a small digit in a 3000x2250 photo; blue ballpoint; pencil; JPEG at quality 8-20; and all of the hard
+ones at once. Numbers of 2 to 5 such digits are written in a row (gaps from slightly touching to wide) under a
+condition drawn at random. Pictures that are no digit: blank paper (plain, dim, lamp-lit, ruled, squared),
+specks alone, noise (uniform, Gaussian, blotches) and letter-like pictures (handwritten-style capitals that are
+not shaped like digits: A E F H K M N R W X, and a few symbols).
+
+predict.MIN_CONFIDENCE is calibrated on the first half of the validation digits and on not-a-digit pictures of
+one seed; every other row is measured on the second half and pictures of another seed. Today's preprocessing
+(predict.to_mnist as of commit 08c48fd) reads the same single-digit photos, for comparison. Prints a table and
+writes benchmarks/results/photos.json.
+"""
+# ---- settings: each is also a flag, e.g. --per_condition 100 ----
+per_condition = 100      # photos of single digits per condition (and not-a-digit pictures per kind)
+per_length = 50          # numbers of each length 2..5
+seed = 0                 # renders: this seed measures, seed + 1 calibrates
+model = "model/saved_model"   # a SavedModel of python run.py, whose model/settings.json says what it left unseen
+out = ""                 # the JSON's path (relative to the repo); default: benchmarks/results/photos.json,
+                         # or photos_quick.json with --quick: a smoke run never overwrites a measurement
+quick = False            # a smoke run: 2000 rows, 3 photos a condition, 2 numbers a length
+# ------------------------------------------------------------------------------
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import predict  # noqa: E402  (the repo's modules are importable only from here on)
+import files  # noqa: E402
+import flags  # noqa: E402
+
+HARD = ["dim", "lamp", "ruled paper", "squared paper", "specks", "small in a large photo", "blue ink", "pencil",
+        "JPEG quality 8-20", "all at once"]
+CONDITIONS = ["clean", *HARD]
+NOT_DIGITS = ["blank paper", "specks alone", "noise", "letter-like"]
+
+
+# ---- rendering ---------------------------------------------------------------------------------------------
+
+GRAIN = 0.008 * np.random.default_rng(0).standard_normal((1024, 1024, 1), dtype=np.float32)
+
+
+def blank_page(rng, height, width, tint=None):
+    """White-ish paper, float32 [h, w, 3] in [0, 1], a little uneven as real paper is (its grain a tile of
+    noise, rolled at random: drawing fresh noise for every 3000x2250 photo would be most of the time spent)."""
+    if tint is None:
+        tint = rng.uniform(0.88, 1.0) * np.array([1, rng.uniform(0.97, 1), rng.uniform(0.9, 1)], np.float32)
+    grain = np.roll(GRAIN, (rng.integers(1024), rng.integers(1024)), axis=(0, 1))
+    grain = np.tile(grain, (-(-height // 1024), -(-width // 1024), 1))[:height, :width]
+    page = grain + tint
+    return np.clip(page, 0, 1, out=page)
+
+
+def enlarged_ink(digit, height):
+    """A 28x28 digit (ink 1 on 0) -> its ink box, enlarged so that it is `height` pixels tall, float32."""
+    rows, columns = np.nonzero(digit > 0.05)
+    box = digit[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
+    width = max(1, round(box.shape[1] * height / box.shape[0]))
+    ink = Image.fromarray(np.float32(box)).resize((width, height), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(ink), 0, 1)
+
+
+def write(page, ink, top, left, colour, strength=1.0):
+    """Lay ink (float [h, w] in [0, 1]) on the page at (top, left) in colour (RGB in [0, 1]), in place."""
+    h, w = ink.shape
+    alpha = (strength * ink)[..., None]
+    region = page[top:top + h, left:left + w]
+    region[:] = region * (1 - alpha) + np.asarray(colour, np.float32) * alpha
+
+
+def draw_lines(page, rng, vertical):
+    """Ruled paper's horizontal lines (and squared paper's vertical ones too), as dark as a pale pen."""
+    height, width = page.shape[:2]
+    pitch, thickness = rng.integers(22, 45), rng.integers(1, 4)
+    colour = rng.choice([[0.45, 0.55, 0.8], [0.4, 0.4, 0.45], [0.3, 0.45, 0.6]])
+    strength = rng.uniform(0.5, 0.9)
+    line = np.zeros((height, width), np.float32)
+    offset = rng.integers(0, pitch)
+    for y in range(offset, height, pitch):
+        line[y:y + thickness] = 1
+    if vertical:
+        for x in range(offset, width, pitch):
+            line[:, x:x + thickness] = 1
+    write(page, line, 0, 0, colour, strength)
+
+
+def sprinkle_specks(page, rng, count, avoid=None):
+    """`count` dark specks (dust, pen dots) 1-4 pixels across, anywhere but inside the box `avoid`."""
+    height, width = page.shape[:2]
+    specks = Image.new("L", (width, height), 0)
+    pen = ImageDraw.Draw(specks)
+    placed = 0
+    while placed < count:
+        y, x, radius = rng.integers(0, height), rng.integers(0, width), rng.uniform(0.7, 2.5)
+        if avoid and avoid[0] - 6 <= y <= avoid[2] + 6 and avoid[1] - 6 <= x <= avoid[3] + 6:
+            continue
+        pen.ellipse([x - radius, y - radius, x + radius, y + radius], fill=255)
+        placed += 1
+    write(page, np.asarray(specks, np.float32) / 255, 0, 0, [0.1, 0.1, 0.12])
+
+
+def light(page, rng, kind):
+    """Dim light (all of it darker, and noisier) or a lamp to one side (bright near it, dark far away)."""
+    height, width = page.shape[:2]
+    if kind == "dim":
+        field = np.full((height, width), rng.uniform(0.12, 0.35), np.float32)
+    else:
+        side = rng.integers(4)
+        y, x = [(-0.3, rng.uniform(0, 1)), (1.3, rng.uniform(0, 1)), (rng.uniform(0, 1), -0.3),
+                (rng.uniform(0, 1), 1.3)][side]
+        rows, columns = np.ogrid[0:height, 0:width]
+        distance = np.hypot(np.float32(rows / height - y), np.float32(columns / width - x))
+        field = 0.2 + 0.85 / (1 + (distance / np.float32(rng.uniform(0.3, 0.6))) ** 2)
+    page *= np.clip(field, 0, 1)[..., None]
+    page += (0.012 if kind == "dim" else 0.008) * rng.standard_normal(page.shape, dtype=np.float32)
+    np.clip(page, 0, 1, out=page)
+
+
+def photo(rng, digits, condition):
+    """digits: 28x28 digits (one, or a number's) -> (a PIL image of them written in a row under the
+    condition, its format, JPEG quality)."""
+    small = condition == "small in a large photo"
+    everything = condition == "all at once"
+    height = int(rng.integers(60, 121) if small else rng.integers(90, 200))
+    page, box = written_row(rng, digits, height, condition)
+    if condition == "specks" or everything:
+        sprinkle_specks(page, rng, int(rng.integers(8, 40)), avoid=box)
+    if condition in ("dim", "lamp") or everything:
+        light(page, rng, "dim" if condition == "dim" else "lamp")
+    image = Image.fromarray((page * 255 + 0.5).astype(np.uint8))
+    if small:  # the page so far is the part of a 3000x2250 photo around the digit
+        paper = (np.clip(blank_page(rng, 1024, 1024, tint=page[0, 0]), 0, 1) * 255 + 0.5).astype(np.uint8)
+        large = Image.fromarray(np.tile(paper, (3, 3, 1))[:2250, :3000])  # the same paper, tiled
+        large.paste(image, (int(rng.integers(0, 3000 - image.width)), int(rng.integers(0, 2250 - image.height))))
+        image = large
+    if condition == "clean":
+        return image, "PNG", None
+    quality = int(rng.integers(8, 21)) if condition == "JPEG quality 8-20" else (
+        int(rng.integers(30, 60)) if everything else 90)
+    return image, "JPEG", quality
+
+
+def written_row(rng, digits, height, condition):
+    """A page with the digits written on it in a row, each about `height` pixels tall, with gaps between
+    them from slightly overlapping to wide -> (page float32 [h, w, 3], the row's box (top, left, bottom, right))."""
+    inks = [enlarged_ink(digit, int(height * rng.uniform(0.9, 1.1))) for digit in digits]
+    gaps = [int(height * rng.uniform(-0.05, 0.3)) for _ in inks[1:]]
+    row_width = sum(ink.shape[1] for ink in inks) + sum(gaps)
+    page_h, page_w = int(height * rng.uniform(1.6, 2.6)), int(row_width + height * rng.uniform(0.6, 1.6))
+    page = blank_page(rng, page_h, page_w)
+    margin = int(0.1 * height)  # the digits are on the page, not cut by its edge
+    top = int(rng.integers(margin, page_h - 1.3 * height))
+    left = int(rng.integers(margin, page_w - row_width - margin))
+    everything = condition == "all at once"
+    if condition in ("ruled paper", "squared paper") or everything:
+        draw_lines(page, rng, vertical=condition != "ruled paper")
+    colour, strength = [rng.uniform(0.0, 0.15)] * 3, 1.0
+    if condition == "blue ink" or everything:
+        colour = [rng.uniform(0.05, 0.25), rng.uniform(0.1, 0.3), rng.uniform(0.5, 0.8)]
+        strength = rng.uniform(0.75, 0.95)
+    if condition == "pencil":
+        colour, strength = [rng.uniform(0.25, 0.4)] * 3, rng.uniform(0.55, 0.8)
+    x, bottom = left, top
+    for ink, gap in zip(inks, [0, *gaps]):
+        x += gap
+        y = top + int(height * rng.uniform(0, 0.1))
+        write(page, ink, y, x, colour, strength)
+        x += ink.shape[1]
+        bottom = max(bottom, y + ink.shape[0])
+    return page, (top, left, bottom, x)
+
+
+def not_a_digit(rng, kind):
+    """A picture with no digit in it -> (PIL image, format, JPEG quality)."""
+    height, width = int(rng.integers(200, 500)), int(rng.integers(200, 600))
+    page = blank_page(rng, height, width)
+    if kind == "blank paper":
+        variant = rng.integers(5)
+        if variant in (1, 2):
+            light(page, rng, "dim" if variant == 1 else "lamp")
+        if variant in (3, 4):
+            draw_lines(page, rng, vertical=variant == 4)
+    elif kind == "specks alone":
+        sprinkle_specks(page, rng, int(rng.integers(1, 40)))
+    elif kind == "noise":
+        page = noise(rng, height, width)
+    else:
+        letter = scribble_letter(rng, int(min(height, width) * rng.uniform(0.4, 0.7)))
+        page = blank_page(rng, max(height, letter.shape[0] + 20), max(width, letter.shape[1] + 20))
+        top = int(rng.integers(0, page.shape[0] - letter.shape[0]))
+        left = int(rng.integers(0, page.shape[1] - letter.shape[1]))
+        write(page, letter, top, left, [rng.uniform(0.0, 0.15)] * 3 if rng.random() < 0.7 else [0.1, 0.2, 0.7])
+        if rng.random() < 0.3:
+            light(page, rng, "lamp")
+    image = Image.fromarray((np.clip(page, 0, 1) * 255 + 0.5).astype(np.uint8))
+    return (image, "PNG", None) if rng.random() < 0.5 else (image, "JPEG", 85)
+
+
+def noise(rng, height, width):
+    """Uniform noise, Gaussian noise on grey, or blotches (noise at a sixteenth of the size, enlarged)."""
+    kind = rng.integers(3)
+    if kind == 0:
+        return rng.uniform(0, 1, (height, width, 1)).repeat(3, axis=-1).astype(np.float32)
+    if kind == 1:
+        return np.clip(rng.normal(0.5, rng.uniform(0.1, 0.3), (height, width, 3)), 0, 1).astype(np.float32)
+    coarse = rng.uniform(0, 1, (max(2, height // 16), max(2, width // 16))).astype(np.float32)
+    return np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))[..., None] \
+        .repeat(3, axis=-1).clip(0, 1)
+
+
+# Capitals as pen strokes in a unit box (x right, y down): letters shaped like no digit, and a few symbols.
+LETTERS = {
+    "A": [[(0, 1), (0.5, 0), (1, 1)], [(0.22, 0.6), (0.78, 0.6)]],
+    "E": [[(1, 0), (0, 0), (0, 1), (1, 1)], [(0, 0.5), (0.75, 0.5)]],
+    "F": [[(1, 0), (0, 0), (0, 1)], [(0, 0.5), (0.75, 0.5)]],
+    "H": [[(0, 0), (0, 1)], [(1, 0), (1, 1)], [(0, 0.5), (1, 0.5)]],
+    "K": [[(0, 0), (0, 1)], [(1, 0), (0, 0.55), (1, 1)]],
+    "M": [[(0, 1), (0, 0), (0.5, 0.6), (1, 0), (1, 1)]],
+    "N": [[(0, 1), (0, 0), (1, 1), (1, 0)]],
+    "R": [[(0, 1), (0, 0), (0.7, 0), (0.9, 0.15), (0.9, 0.35), (0.7, 0.5), (0, 0.5)], [(0.4, 0.5), (1, 1)]],
+    "W": [[(0, 0), (0.25, 1), (0.5, 0.4), (0.75, 1), (1, 0)]],
+    "X": [[(0, 0), (1, 1)], [(1, 0), (0, 1)]],
+    "#": [[(0.3, 0), (0.2, 1)], [(0.8, 0), (0.7, 1)], [(0, 0.33), (1, 0.33)], [(0, 0.67), (1, 0.67)]],
+    "*": [[(0.5, 0), (0.5, 1)], [(0.07, 0.25), (0.93, 0.75)], [(0.93, 0.25), (0.07, 0.75)]],
+}
+
+
+def scribble_letter(rng, height):
+    """A capital or symbol from LETTERS, written as by hand (shaky points, a slant, a pen of random width)
+    -> its ink, float32 [height, about height] in [0, 1]."""
+    strokes = LETTERS[list(LETTERS)[rng.integers(len(LETTERS))]]
+    width, slant = height * rng.uniform(0.6, 1.0), rng.uniform(-0.25, 0.25)
+    pen = max(2, int(height * rng.uniform(0.05, 0.12)))
+    margin = pen + int(abs(slant) * height) + 2
+    canvas = Image.new("L", (int(width) + 2 * margin, height + 2 * margin), 0)
+    drawing = ImageDraw.Draw(canvas)
+    for stroke in strokes:
+        points = [(margin + x * width + slant * (0.5 - y) * height + rng.normal(0, 0.03) * height,
+                   margin + y * height + rng.normal(0, 0.03) * height) for x, y in stroke]
+        drawing.line(points, fill=255, width=pen, joint="curve")
+    canvas = canvas.filter(ImageFilter.GaussianBlur(1))
+    return np.asarray(canvas, np.float32) / 255
+
+
+def encoded(image, image_format, quality):
+    """The picture as the bytes of a file, so that predict reads it as it would a user's."""
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **({"quality": quality} if quality else {}))
+    buffer.seek(0)
+    return buffer
+
+
+# ---- measuring ---------------------------------------------------------------------------------------------
+
+def todays_to_mnist():
+    """predict.to_mnist as it was before this preprocessing (commit 08c48fd), loaded from git; None without."""
+    try:
+        source = subprocess.run(["git", "show", "08c48fd:predict.py"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    module = types.ModuleType("predict_08c48fd")
+    exec(compile(source, "predict.py@08c48fd", "exec"), module.__dict__)
+    return module.to_mnist
+
+
+def measure(picture, classify, old_to_mnist=None):
+    """One rendered picture -> {"digits": what predict.read answers, "score": the highest probability among its
+    digits (0: no digit found), "old": the digit today's preprocessing gives, or None when it refused}."""
+    file = encoded(*picture)
+    reading = predict.read(file, classify)
+    score = float(reading.probabilities.max()) if len(reading.probabilities) else 0.0
+    old = None
+    if old_to_mnist:
+        file.seek(0)
+        with Image.open(file) as image:
+            try:
+                old = str(int(classify(old_to_mnist(image)[None]).argmax()))
+            except ValueError:  # "blank picture"
+                pass
+    return dict(digits=reading.digits, score=score, old=old)
+
+
+def row(kind, condition, results, truths):
+    """Figures for one line of the table: results from measure, truths the right answers (None: no digit)."""
+    answers = [result["digits"] for result in results]
+    summary = dict(kind=kind, condition=condition, n=len(results),
+                   answered=float(np.mean([answer != "?" for answer in answers])) if results else 0.0)
+    if truths[0] is None:
+        summary["not_a_digit"] = float(np.mean([answer == "?" for answer in answers]))
+        summary["todays_not_a_digit"] = float(np.mean([result["old"] is None for result in results]))
+    else:
+        summary["right"] = float(np.mean([a == t for a, t in zip(answers, truths)]))
+        if kind == "single digit":
+            summary["todays_right"] = float(np.mean([r["old"] == t for r, t in zip(results, truths)]))
+    return summary
+
+
+def single_digits(rng, digits, labels, n, classify, old_to_mnist):
+    """{condition: (results, truths)} for n photos of single digits under each condition."""
+    measured = {}
+    for condition in CONDITIONS:
+        chosen = rng.choice(len(digits), n, replace=False)
+        results = [measure(photo(rng, [digits[k]], condition), classify, old_to_mnist) for k in chosen]
+        measured[condition] = results, [str(labels[k]) for k in chosen]
+        print(f"  {condition}: done", flush=True)
+    return measured
+
+
+def numbers(rng, digits, labels, n, classify):
+    """{length: (results, truths)} for n numbers of each length 2..5, each under a random condition."""
+    measured = {}
+    for length in range(2, 6):
+        results, truths = [], []
+        for _ in range(n):
+            chosen = rng.choice(len(digits), length, replace=False)
+            condition = CONDITIONS[rng.integers(len(CONDITIONS))]
+            results.append(measure(photo(rng, [digits[k] for k in chosen], condition), classify))
+            truths.append("".join(str(labels[k]) for k in chosen))
+        measured[length] = results, truths
+    return measured
+
+
+def no_digits(rng, n, classify, old_to_mnist):
+    """{kind: results} for n pictures of each kind that holds no digit."""
+    return {kind: [measure(not_a_digit(rng, kind), classify, old_to_mnist) for _ in range(n)] for kind in NOT_DIGITS}
+
+
+def calibrate(digit_scores, other_scores):
+    """Rates at each candidate threshold, and the highest threshold that still answers 99 % of the digits."""
+    table = [dict(threshold=float(t), digits_answered=float(np.mean(digit_scores >= t)),
+                  others_refused=float(np.mean(other_scores < t))) for t in np.round(np.arange(0.05, 1, 0.05), 2)]
+    keeping = [line["threshold"] for line in table if line["digits_answered"] >= 0.99]
+    return table, (max(keeping) if keeping else None)
+
+
+def percent(value):
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def print_table(rows):
+    print(f"\n{'':13} {'condition':24} {'n':>5} {'right':>7} {'answered':>9} {'?':>7} {'today':>7}")
+    for line in rows:
+        print(f"{line['kind']:13} {line['condition']:24} {line['n']:5} {percent(line.get('right')):>7} "
+              f"{percent(line['answered']):>9} {percent(line.get('not_a_digit', 1 - line['answered'])):>7} "
+              f"{percent(line.get('todays_right', line.get('todays_not_a_digit'))):>7}")
+    print("right: read exactly (a ? counts as wrong); answered: not ?; today: predict.py before this change "
+          "(08c48fd), right for digits, refused for no digit (it never says ?, only 'blank picture')")
+
+
+def targets(rows):
+    """The issue's targets, each with the figure measured on the held-out digits and whether it is met."""
+    def pooled(kind, key, conditions=None):
+        chosen = [line for line in rows if line["kind"] == kind and (conditions is None or line["condition"] in
+                                                                       conditions)]
+        return sum(line[key] * line["n"] for line in chosen) / sum(line["n"] for line in chosen)
+    clean = next(line for line in rows if line["condition"] == "clean")
+    figures = [("single digits under the hard conditions, right", pooled("single digit", "right", HARD), 0.95),
+               ("numbers of 2-5 digits, read exactly", pooled("number", "right"), 0.90),
+               ("clean photos, right, minus today's", clean["right"] - clean["todays_right"], 0.0),
+               ("no digit (blank, specks, noise, letter-like), answered ?", pooled("not a digit", "not_a_digit"),
+                0.95),
+               ("real held-out digits (all conditions), answered", pooled("single digit", "answered"), 0.99)]
+    return [dict(target=name, measured=value, at_least=bound, met=bool(value >= bound - 1e-12))
+            for name, value, bound in figures]
+
+
+def main(settings):
+    import data
+    n, n_numbers = (3, 2) if settings.quick else (settings.per_condition, settings.per_length)
+    model_path = REPO / settings.model
+    trained = files.read_json(model_path.parent / "settings.json")
+    if not (model_path / "saved_model.pb").exists() or trained is None:
+        print(f"error: no model in {model_path}; run python run.py --percent_data_for_training 90 first",
+              file=sys.stderr)
+        return 2
+    if trained["percent_data_for_training"] == 100:
+        print(f"error: the model in {model_path} trained on every digit of train.csv, so none is unseen; "
+              "run python run.py --percent_data_for_training 90 first", file=sys.stderr)
+        return 2
+    split = trained["percent_data_for_training"], trained["seed"]
+    classify = predict.load_classifier(str(model_path))
+    images, labels = data.load_train(data.find_csv("train"), max_rows=2000 if settings.quick else None)
+    _, _, val_images, val_labels = data.split_train_validation(images, labels, *split)
+    half = len(val_images) // 2
+    calibration, held_out = (val_images[:half, ..., 0], val_labels[:half]), (val_images[half:, ..., 0],
+                                                                             val_labels[half:])
+    print(f"digits: train.csv's validation split as the default run makes it (split_train_validation(images, "
+          f"labels, {split[0]}, {split[1]})), {len(val_images)} digits model/saved_model did "
+          f"not train on: the first {half} calibrate, the other {len(val_images) - half} are measured")
+    started = time.time()
+    print("calibrating on the first half and pictures of seed", settings.seed + 1, flush=True)
+    rng = np.random.default_rng(settings.seed + 1)
+    calibration_digits = single_digits(rng, *calibration, max(n // 2, 3), classify, None)
+    calibration_others = no_digits(rng, max(n // 2, 3), classify, None)
+    table, suggested = calibrate(np.array([r["score"] for results, _ in calibration_digits.values() for r in results]),
+                                 np.array([r["score"] for results in calibration_others.values() for r in results]))
+    print("measuring on the second half and pictures of seed", settings.seed, flush=True)
+    rng = np.random.default_rng(settings.seed)
+    old_to_mnist = todays_to_mnist()
+    singles = single_digits(rng, *held_out, n, classify, old_to_mnist)
+    rows = [row("single digit", condition, *singles[condition]) for condition in CONDITIONS]
+    rows += [row("number", f"{length} digits", *measured)
+             for length, measured in numbers(rng, *held_out, n_numbers, classify).items()]
+    rows += [row("not a digit", kind, results, [None])
+             for kind, results in no_digits(rng, n, classify, old_to_mnist).items()]
+
+    print_table(rows)
+    n_digits = sum(len(results) for results, _ in calibration_digits.values())
+    n_others = sum(len(results) for results in calibration_others.values())
+    print(f"\ncalibration (first half of the digits: {n_digits} photos under all conditions; {n_others} "
+          f"pictures of no digit), the share answered at each threshold:")
+    print(f"{'threshold':>10} {'digits answered':>16} {'no digit: ?':>12}")
+    for line in table:
+        print(f"{line['threshold']:10.2f} {percent(line['digits_answered']):>16} {percent(line['others_refused']):>12}")
+    print(f"highest threshold still answering 99% of the calibration digits: {suggested}; "
+          f"predict.MIN_CONFIDENCE = {predict.MIN_CONFIDENCE}")
+    met = targets(rows)
+    for line in met:
+        print(f"{'met   ' if line['met'] else 'MISSED'} {line['target']}: {100 * line['measured']:.1f}% "
+              f"(target >= {100 * line['at_least']:.0f}%)")
+    print(f"{time.time() - started:.0f} s")
+    results = dict(settings=vars(settings), digits=dict(source="train.csv validation split of the default run",
+                                                        calibration=half, measured=len(val_images) - half),
+                   min_confidence=predict.MIN_CONFIDENCE, calibration=dict(table=table, suggested=suggested),
+                   rows=rows, targets=met, seconds=time.time() - started)
+    path = REPO / (settings.out or f"benchmarks/results/photos{'_quick' if settings.quick else ''}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(temporary, path)
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(flags.settings_parser(globals()).parse_args()))
