@@ -381,27 +381,35 @@ def targets(rows):
             for name, value, bound in figures]
 
 
-def main(settings):
-    import data
-    n, n_numbers = (3, 2) if settings.quick else (settings.per_condition, settings.per_length)
-    model_path = REPO / settings.model
+def unseen_split(model_path):
+    """(percent_data_for_training, seed) of the run that exported the model, from model/settings.json: its
+    validation split holds the digits it never saw. -> None, having said why in a line, if there are none."""
     trained = files.read_json(model_path.parent / "settings.json")
     if not (model_path / "saved_model.pb").exists() or trained is None:
         print(f"error: no model in {model_path}; run python run.py --percent_data_for_training 90 first",
               file=sys.stderr)
-        return 2
+        return None
     if trained["percent_data_for_training"] == 100:
         print(f"error: the model in {model_path} trained on every digit of train.csv, so none is unseen; "
               "run python run.py --percent_data_for_training 90 first", file=sys.stderr)
+        return None
+    return trained["percent_data_for_training"], trained["seed"]
+
+
+def main(settings):
+    import data
+    n, n_numbers = (3, 2) if settings.quick else (settings.per_condition, settings.per_length)
+    model_path = REPO / settings.model
+    split = unseen_split(model_path)
+    if split is None:
         return 2
-    split = trained["percent_data_for_training"], trained["seed"]
     classify = predict.load_classifier(str(model_path))
     images, labels = data.load_train(data.find_csv("train"), max_rows=2000 if settings.quick else None)
     _, _, val_images, val_labels = data.split_train_validation(images, labels, *split)
     half = len(val_images) // 2
     calibration, held_out = (val_images[:half, ..., 0], val_labels[:half]), (val_images[half:, ..., 0],
                                                                              val_labels[half:])
-    print(f"digits: train.csv's validation split as the default run makes it (split_train_validation(images, "
+    print(f"digits: train.csv's validation split as the model's run made it (split_train_validation(images, "
           f"labels, {split[0]}, {split[1]})), {len(val_images)} digits model/saved_model did "
           f"not train on: the first {half} calibrate, the other {len(val_images) - half} are measured")
     started = time.time()
@@ -436,15 +444,12 @@ def main(settings):
         print(f"{'met   ' if line['met'] else 'MISSED'} {line['target']}: {100 * line['measured']:.1f}% "
               f"(target >= {100 * line['at_least']:.0f}%)")
     print(f"{time.time() - started:.0f} s")
-    results = dict(settings=vars(settings), digits=dict(source="train.csv validation split of the default run",
+    results = dict(settings=vars(settings), digits=dict(source="train.csv validation split of the model's run",
                                                         calibration=half, measured=len(val_images) - half),
                    min_confidence=predict.MIN_CONFIDENCE, calibration=dict(table=table, suggested=suggested),
                    rows=rows, targets=met, seconds=time.time() - started)
     path = REPO / (settings.out or f"benchmarks/results/photos{'_quick' if settings.quick else ''}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(temporary, path)
+    files.write_text(path, json.dumps(results, indent=2) + "\n")
     print(f"written: {path}")
     return 0
 
