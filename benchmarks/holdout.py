@@ -14,8 +14,9 @@ its own validation split, carved from the training part. The finished model's su
 once against the fold's labels: digits that took no part in training, early stopping or any choice.
 
 Beside each fold's held-out accuracy stands run.py's own "validation accuracy (best epoch, E of N)": the best
-of the epochs on the digits that chose it, so optimistic. Each run trains on 80% of 90% of train.csv (run.py's
-final model on 90%), so the held-out figure, if anything, understates the final model a little.
+of the epochs on the digits that chose it, so optimistic (with --percent_data_for_training 100, the default,
+there is none). Each run trains on 80% of what run.py's final model trains on (33,600 digits of 42,000), so the
+held-out figure, if anything, understates the final model a little.
 
 Every flag not listed below, and everything after `--`, goes to run.py unchanged (python run.py --help lists
 them); holdout.py sets --train and --test itself. Prints a markdown table, the mean and sample standard
