@@ -136,8 +136,8 @@ def repo_outputs():
 def test_holdout_smoke_run_prints_its_table_writes_its_json_and_leaves_the_repo_alone(tmp_path):
     before, out = repo_outputs(), tmp_path / "holdout.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "holdout.py"), "--rows", "600", "--run_folds",
-                             "1", "--out", str(out), "--", "--max_n_epochs", "1"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
+                             "1", "--out", str(out), "--", "--max_n_epochs", "1", "--percent_data_for_training", "90"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert [cell.strip() for cell in table[0].strip("|").split("|")] == [
@@ -146,7 +146,8 @@ def test_holdout_smoke_run_prints_its_table_writes_its_json_and_leaves_the_repo_
     assert table[1].split("|")[1:3] == [" 1 ", " 120 "] and table[2].startswith("| mean ± std |")
 
     results = json.loads(out.read_text())
-    assert results["settings"]["run_py_args"] == ["--max_n_epochs", "1"] and results["settings"]["rows"] == 600
+    assert results["settings"]["run_py_args"] == ["--max_n_epochs", "1", "--percent_data_for_training", "90"]
+    assert results["settings"]["rows"] == 600
     [fold] = results["folds"]
     assert fold["digits"] == 120 and fold["errors"] == len(fold["wrong"])  # 600 rows / 5 folds
     assert fold["accuracy"] == (120 - fold["errors"]) / 120 and results["accuracy_std"] is None
