@@ -24,7 +24,7 @@ seed = 0                 # renders: this seed measures, seed + 1 calibrates
 model = "model/saved_model"
 out = ""                 # the JSON's path (relative to the repo); default: benchmarks/results/photos.json,
                          # or photos_quick.json with --quick: a smoke run never overwrites a measurement
-quick = False            # a smoke run: 2000 rows, 3 photos a condition, 2 numbers a length
+quick = False            # a smoke run: 2000 rows, 2 photos a condition, 1 number a length
 # ------------------------------------------------------------------------------
 SETTINGS = {name: value for name, value in globals().items() if not name.startswith("_")}
 import io
@@ -384,7 +384,7 @@ def main(settings):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import data
     import run  # the default run's split (its module-level settings; importing it defines names only)
-    n, n_numbers = (3, 2) if settings.quick else (settings.per_condition, settings.per_length)
+    n, n_numbers = (2, 1) if settings.quick else (settings.per_condition, settings.per_length)
     model_path = REPO / settings.model
     if not (model_path / "saved_model.pb").exists():
         print(f"error: no model in {model_path}; run python run.py first", file=sys.stderr)
@@ -402,8 +402,8 @@ def main(settings):
     started = time.time()
     print("calibrating on the first half and pictures of seed", settings.seed + 1, flush=True)
     rng = np.random.default_rng(settings.seed + 1)
-    calibration_digits = single_digits(rng, *calibration, max(n // 2, 3), classify, None)
-    calibration_others = no_digits(rng, max(n // 2, 3), classify, None)
+    calibration_digits = single_digits(rng, *calibration, max(n // 2, 2), classify, None)
+    calibration_others = no_digits(rng, max(n // 2, 2), classify, None)
     table, suggested = calibrate(np.array([r["score"] for results, _ in calibration_digits.values() for r in results]),
                                  np.array([r["score"] for results in calibration_others.values() for r in results]))
     print("measuring on the second half and pictures of seed", settings.seed, flush=True)
