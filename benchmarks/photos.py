@@ -363,6 +363,16 @@ def print_table(rows):
           "(08c48fd), right for digits, refused for no digit (it never says ?, only 'blank picture')")
 
 
+def print_calibration(table, suggested, n_digits, n_others):
+    print(f"\ncalibration (first half of the digits: {n_digits} photos under all conditions; {n_others} "
+          f"pictures of no digit), the share answered at each threshold:")
+    print(f"{'threshold':>10} {'digits answered':>16} {'no digit: ?':>12}")
+    for line in table:
+        print(f"{line['threshold']:10.2f} {percent(line['digits_answered']):>16} {percent(line['others_refused']):>12}")
+    print(f"highest threshold still answering 99% of the calibration digits: {suggested}; "
+          f"predict.MIN_CONFIDENCE = {predict.MIN_CONFIDENCE}")
+
+
 def targets(rows):
     """The issue's targets, each with the figure measured on the held-out digits and whether it is met."""
     def pooled(kind, key, conditions=None):
@@ -417,15 +427,8 @@ def main(settings):
              for kind, results in no_digits(rng, n, classify, old_to_mnist).items()]
 
     print_table(rows)
-    n_digits = sum(len(results) for results, _ in calibration_digits.values())
-    n_others = sum(len(results) for results in calibration_others.values())
-    print(f"\ncalibration (first half of the digits: {n_digits} photos under all conditions; {n_others} "
-          f"pictures of no digit), the share answered at each threshold:")
-    print(f"{'threshold':>10} {'digits answered':>16} {'no digit: ?':>12}")
-    for line in table:
-        print(f"{line['threshold']:10.2f} {percent(line['digits_answered']):>16} {percent(line['others_refused']):>12}")
-    print(f"highest threshold still answering 99% of the calibration digits: {suggested}; "
-          f"predict.MIN_CONFIDENCE = {predict.MIN_CONFIDENCE}")
+    print_calibration(table, suggested, sum(len(results) for results, _ in calibration_digits.values()),
+                      sum(len(results) for results in calibration_others.values()))
     met = targets(rows)
     for line in met:
         print(f"{'met   ' if line['met'] else 'MISSED'} {line['target']}: {100 * line['measured']:.1f}% "
