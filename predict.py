@@ -437,7 +437,13 @@ def main(argv=None):
     if not os.path.exists(f"{SAVED_MODEL}/saved_model.pb"):
         print(f"error: no model in {SAVED_MODEL}; run python run.py first", file=sys.stderr)
         return 2
-    classify = load_classifier()
+    loaded = []
+
+    def classify(pictures):  # TensorFlow starts only once a picture needs it: errors alone come quickly
+        if not loaded:
+            loaded.append(load_classifier())
+        return loaded[0](pictures)
+
     failed = 0
     for path in args.images:
         try:

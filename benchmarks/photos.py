@@ -25,7 +25,7 @@ seed = 0                 # renders: this seed measures, seed + 1 calibrates
 model = "model/saved_model"   # a SavedModel of python run.py, whose model/settings.json says what it left unseen
 out = ""                 # the JSON's path (relative to the repo); default: benchmarks/results/photos.json,
                          # or photos_quick.json with --quick: a smoke run never overwrites a measurement
-quick = False            # a smoke run: 2000 rows, 3 photos a condition, 2 numbers a length
+quick = False            # a smoke run: 2000 rows, 2 photos a condition, 1 number a length
 # ------------------------------------------------------------------------------
 import io
 import json
@@ -364,6 +364,16 @@ def print_table(rows):
           "(08c48fd), right for digits, refused for no digit (it never says ?, only 'blank picture')")
 
 
+def print_calibration(table, suggested, n_digits, n_others):
+    print(f"\ncalibration (first half of the digits: {n_digits} photos under all conditions; {n_others} "
+          f"pictures of no digit), the share answered at each threshold:")
+    print(f"{'threshold':>10} {'digits answered':>16} {'no digit: ?':>12}")
+    for line in table:
+        print(f"{line['threshold']:10.2f} {percent(line['digits_answered']):>16} {percent(line['others_refused']):>12}")
+    print(f"highest threshold still answering 99% of the calibration digits: {suggested}; "
+          f"predict.MIN_CONFIDENCE = {predict.MIN_CONFIDENCE}")
+
+
 def targets(rows):
     """The issue's targets, each with the figure measured on the held-out digits and whether it is met."""
     def pooled(kind, key, conditions=None):
@@ -398,7 +408,7 @@ def unseen_split(model_path):
 
 def main(settings):
     import data
-    n, n_numbers = (3, 2) if settings.quick else (settings.per_condition, settings.per_length)
+    n, n_numbers = (2, 1) if settings.quick else (settings.per_condition, settings.per_length)
     model_path = REPO / settings.model
     split = unseen_split(model_path)
     if split is None:
@@ -415,8 +425,8 @@ def main(settings):
     started = time.time()
     print("calibrating on the first half and pictures of seed", settings.seed + 1, flush=True)
     rng = np.random.default_rng(settings.seed + 1)
-    calibration_digits = single_digits(rng, *calibration, max(n // 2, 3), classify, None)
-    calibration_others = no_digits(rng, max(n // 2, 3), classify, None)
+    calibration_digits = single_digits(rng, *calibration, max(n // 2, 2), classify, None)
+    calibration_others = no_digits(rng, max(n // 2, 2), classify, None)
     table, suggested = calibrate(np.array([r["score"] for results, _ in calibration_digits.values() for r in results]),
                                  np.array([r["score"] for results in calibration_others.values() for r in results]))
     print("measuring on the second half and pictures of seed", settings.seed, flush=True)
@@ -430,15 +440,8 @@ def main(settings):
              for kind, results in no_digits(rng, n, classify, old_to_mnist).items()]
 
     print_table(rows)
-    n_digits = sum(len(results) for results, _ in calibration_digits.values())
-    n_others = sum(len(results) for results in calibration_others.values())
-    print(f"\ncalibration (first half of the digits: {n_digits} photos under all conditions; {n_others} "
-          f"pictures of no digit), the share answered at each threshold:")
-    print(f"{'threshold':>10} {'digits answered':>16} {'no digit: ?':>12}")
-    for line in table:
-        print(f"{line['threshold']:10.2f} {percent(line['digits_answered']):>16} {percent(line['others_refused']):>12}")
-    print(f"highest threshold still answering 99% of the calibration digits: {suggested}; "
-          f"predict.MIN_CONFIDENCE = {predict.MIN_CONFIDENCE}")
+    print_calibration(table, suggested, sum(len(results) for results, _ in calibration_digits.values()),
+                      sum(len(results) for results in calibration_others.values()))
     met = targets(rows)
     for line in met:
         print(f"{'met   ' if line['met'] else 'MISSED'} {line['target']}: {100 * line['measured']:.1f}% "

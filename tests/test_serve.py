@@ -71,8 +71,8 @@ def encoded(image, image_format="PNG"):
 
 
 def test_listens_on_this_machine_only_unless_told(server):
-    _, printed = server
-    assert "on http://127.0.0.1:" in printed
+    address, printed = server
+    assert f"serving model/saved_model on {address} (Ctrl-C stops)" in printed.splitlines()
 
 
 def test_serves_the_page_to_draw_on(server):
