@@ -50,8 +50,9 @@ MIN_DIGIT_HEIGHT = 0.015  # a digit is at least 1.5 % of the picture's longer si
 SPECK_HEIGHT = 0.3  # ink less than 30 % as tall as the tallest piece ...
 SPECK_AREA = 0.1  # ... and with less than 10 % of the largest piece's area is a speck
 MAX_INK_COVER = 0.3  # ink over more than 30 % of the picture is noise or shading, not a written number
-SPLIT_ASPECT = 1.25  # a piece of ink this much wider than tall may be digits that touch ...
+SPLIT_ASPECT = 0.9  # a piece of ink this much wider than tall may be digits that touch ...
 DIGIT_ASPECT = 0.7  # ... about as many as digits this much wider than tall would fill
+SURE_SPLIT = 0.85  # ... and is, if each piece it cuts into is read this surely
 JOIN_GAP = 0.15  # pieces this close (a share of the tallest's height) may be one digit's broken stroke
 MAX_DIGITS = 20  # more pieces in a row than this are text or noise
 # Below this probability for its likeliest digit, a picture is answered "?". Calibrated by
@@ -261,12 +262,13 @@ def segment(ink, labels, groups, classify):
     """Where the shapes alone leave a doubt, the model decides, by which way it reads the more surely (the
     geometric mean of its top probabilities): neighbours less than JOIN_GAP of a digit's height apart (a stroke
     broken in two) are read together and apart; a piece more than SPLIT_ASPECT times wider than tall (digits
-    that touch, or one wide digit) whole and cut into 2 or more. -> the digits' ink crops, left to right."""
-    def sureness(crops):
+    that touch, or one wide digit) whole and cut into 2 or more, a cut whose every piece is read at least
+    SURE_SPLIT surely winning outright. -> the digits' ink crops, left to right."""
+    def sureness(crops, of_them=lambda top: np.exp(np.mean(np.log(top + 1e-9)))):
         if any(not np.any(crop > 0) for crop in crops):
             return -1.0
         probabilities = classify(np.stack([to_mnist(crop) for crop in crops]))
-        return float(np.exp(np.mean(np.log(np.max(probabilities, axis=1) + 1e-9))))
+        return float(of_them(np.max(probabilities, axis=1)))
 
     tallest = max(_extent(group, 0) for group in groups)
     i = 0
@@ -281,7 +283,9 @@ def segment(ink, labels, groups, classify):
     for group in groups:
         whole, mask = digit_ink(ink, labels, group)
         ways = [[whole]] + [[whole[:, start:stop] for start, stop in cuts] for cuts in ways_to_split(mask)]
-        crops += max(ways, key=sureness)
+        # Digits the model is sure of, each of them, are digits: "41" read whole as a 4 is as sure as either.
+        sure_ways = [way for way in ways[1:] if sureness(way, np.min) >= SURE_SPLIT]
+        crops += max(sure_ways or ways, key=sureness)
     return crops
 
 

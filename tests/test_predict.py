@@ -214,6 +214,13 @@ def test_digits_that_touch_are_cut_where_they_meet():
     assert 75 <= in_two[0][0][1] == in_two[0][1][0] <= 85, in_two
 
 
+def test_touching_digits_are_split_when_the_model_is_sure_of_each_piece(real_digits):
+    images, _ = real_digits
+    touching = picture(on_paper(list(images[[13, 8], :, :, 0]), size=(700, 400), height=200, gap=-30))
+    assert len(mnist_digits(touching, unsure)[0]) == 1  # one piece of ink: the shapes alone cannot tell
+    assert len(mnist_digits(touching, sure_of(lambda i: 1))[0]) == 2
+
+
 def test_a_blank_picture_holds_no_digit():
     with pytest.raises(NoDigit, match="no ink"):
         seen(Image.new("L", (100, 100), 255))
