@@ -60,7 +60,9 @@ def activations(request, digits):
 
 
 def bn_pair(input_shape):
-    """Our batch-norm variables and a Keras BatchNormalization with the same (non-trivial) scale and offset."""
+    """Our batch-norm variables and a Keras BatchNormalization with the same (non-trivial) scale and offset.
+    Keras computes in float64: in float32 its own sums over a batch's 78,400 values per channel are off by a few
+    parts in 1e5 (ours, summed by matrix products, by less), more than the 1e-5 the tests hold ours to."""
     n_channels = input_shape[-1]
     rng = np.random.default_rng(1)
     scale = rng.uniform(0.5, 2.0, n_channels).astype(np.float32)
@@ -68,11 +70,19 @@ def bn_pair(input_shape):
     ours = batch_norm_variables(n_channels)
     ours["scale"].assign(scale)
     ours["offset"].assign(offset)
-    layer = keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-3)
+    layer = keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-3, dtype="float64")
     layer.build(input_shape)
     layer.gamma.assign(scale)
     layer.beta.assign(offset)
     return ours, layer
+
+
+def assert_float32_close(ours, reference, what=""):
+    """Within float32's reach of a float64 reference: 1e-5 of the largest value. A float32 sum of a batch's
+    78,400 values per channel is good to a few parts in 1e6 of itself, and the output is x_hat = (x - mean) /
+    sqrt(var), with var such a sum; a wrong epsilon or a missing term of the gradient is off by 1e-3 or more."""
+    reference = np.asarray(reference, np.float64)
+    np.testing.assert_allclose(ours, reference, atol=1e-5 * np.abs(reference).max(), rtol=0, err_msg=what)
 
 
 def train_both(ours, layer, activations, n_batches=4):
@@ -92,15 +102,35 @@ def test_batch_norm_variables_start_as_identity_with_only_scale_and_offset_train
 
 def test_batch_normalize_training_matches_tf_nn_batch_normalization_of_the_batch_moments(activations):
     bn, _ = bn_pair(activations.shape)
-    mean, variance = tf.nn.moments(activations, axes=list(range(activations.ndim - 1)))
-    expected = tf.nn.batch_normalization(activations, mean, variance, bn["offset"], bn["scale"], 1e-3)
-    np.testing.assert_allclose(batch_normalize(activations, bn, training=True), expected, atol=1e-5, rtol=0)
+    exact = activations.astype(np.float64)  # the reference in float64, as in bn_pair
+    mean, variance = tf.nn.moments(exact, axes=list(range(activations.ndim - 1)))
+    expected = tf.nn.batch_normalization(exact, mean, variance, tf.cast(bn["offset"], tf.float64),
+                                         tf.cast(bn["scale"], tf.float64), 1e-3)
+    assert_float32_close(batch_normalize(activations, bn, training=True), expected)
 
 
 def test_batch_normalize_training_matches_keras(activations):
     bn, layer = bn_pair(activations.shape)
-    np.testing.assert_allclose(batch_normalize(activations, bn, training=True), layer(activations, training=True),
-                               atol=1e-5, rtol=0)
+    assert_float32_close(batch_normalize(activations, bn, training=True), layer(activations, training=True))
+
+
+def test_batch_normalize_training_gradients_match_keras(activations):
+    """Input, scale and offset gradients of a weighted sum of the output: the written-out backward pass
+    (tools.normalize_by_batch) against Keras' layer differentiated by TensorFlow."""
+    bn, layer = bn_pair(activations.shape)
+    x = tf.constant(activations)
+    weights = tf.constant(np.random.default_rng(2).normal(size=activations.shape), tf.float32)
+
+    def gradients(normalize, scale, offset):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            objective = tf.reduce_sum(normalize(x) * weights)
+        return tape.gradient(objective, [x, scale, offset])
+
+    ours = gradients(lambda x: batch_normalize(x, bn, training=True), bn["scale"], bn["offset"])
+    keras_gradients = gradients(lambda x: tf.cast(layer(x, training=True), tf.float32), layer.gamma, layer.beta)
+    for name, our, their in zip(["input", "scale", "offset"], ours, keras_gradients):
+        assert_float32_close(our, their, f"{name} gradient")
 
 
 def test_batch_normalize_moving_statistics_match_keras_after_several_training_calls(activations):
