@@ -29,7 +29,8 @@ ema_decay: float = None          # evaluate and keep a moving average of the wei
 percent_data_for_training = 100  # of train.csv, to train on; the rest is the validation split
 seed = 42                        # the split, the initial weights, the data order, augmentation and dropout
 ensemble = 1                     # train this many networks (seeds seed, seed+1, ...) and average their outputs
-tta = False                      # test-time augmentation: also average over the digit shifted by one pixel
+tta = True                       # test-time augmentation: also average over the digit shifted by one pixel
+                                 # (holdout folds 1-2: 69 errors of 16,800 unseen digits with it, 78 without)
 resume = False                   # go on from model/latest where an interrupted run stopped (same settings)
 deterministic = False            # TensorFlow's deterministic ops: two runs give bit-identical weights
 devices = ""                     # "": every GPU there is (else the CPU); or a list, "GPU:0,GPU:1" (see README)
@@ -229,7 +230,7 @@ def write_outputs(config, members, history, split, test_images, run_name):
     import report
 
     _, train_labels, val_images, val_labels = split
-    ensemble.export_saved_model(members, f"{MODEL_DIR}/saved_model")
+    ensemble.export_saved_model(members, f"{MODEL_DIR}/saved_model", config.tta)
     data.write_submission(SUBMISSION, ensemble.ensemble_probabilities(members, test_images, config.tta).argmax(1))
     if len(val_labels):
         val_probabilities = ensemble.ensemble_probabilities(members, val_images, config.tta)

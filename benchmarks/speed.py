@@ -88,8 +88,8 @@ def keras_digitnet():
     layers = keras.layers
 
     def block(filters, size):
-        return [layers.Conv2D(filters, size, padding="same", use_bias=False), layers.BatchNormalization(),
-                layers.ReLU(), layers.MaxPooling2D()]
+        return [layers.Conv2D(filters, size, padding="same", use_bias=False), layers.MaxPooling2D(),
+                layers.BatchNormalization(), layers.ReLU()]
 
     net = keras.Sequential([keras.Input((28, 28, 1)), *block(32, 5), *block(64, 3), *block(128, 3), layers.Flatten(),
                             layers.Dense(128, use_bias=False), layers.BatchNormalization(), layers.ReLU(),

@@ -55,20 +55,20 @@ def test_speed_quick_prints_its_table_and_writes_its_json(tmp_path):
 
 
 def test_time_to_accuracy_quick_prints_its_table_and_writes_its_json(tmp_path):
-    # A 0% threshold is reached at the first check, so both a reached and an (almost surely) unreached one show.
+    # A 0% threshold is reached by any schedule, so both a reached and an (almost surely) unreached one show.
     stdout, results = run_quick("time_to_accuracy", tmp_path, "--thresholds", "0,99.5")
-    header = next(line for line in stdout.splitlines() if line.split()[:2] == ["seed", "to"])
-    assert header.split() == ["seed", "to", "0.0%", "(s)", "step", "to", "99.5%", "(s)", "step", "best", "checked"]
-    assert any(line.split()[0] == "median" for line in stdout.splitlines() if line.strip())
+    header = next(line for line in stdout.splitlines() if line.split()[:1] == ["epochs"])
+    assert header.split() == ["epochs", "training", "(s)", "held-out", "accuracy", "each", "seed"]
+    assert "time to 0.0%: " in stdout and "time to 99.5%: not reached in 1 epochs" in stdout
 
-    assert set(results) == {"settings", "machine", "thresholds_percent", "median_seconds", "runs"}
-    assert results["thresholds_percent"] == ["0.0", "99.5"] and set(results["median_seconds"]) == {"0.0", "99.5"}
-    assert [each["seed"] for each in results["runs"]] == [42, 43]  # quick: 2 seeds
-    for each in results["runs"]:
-        assert set(each) == {"seed", "best_checked_accuracy", "reached"}
-        first = each["reached"]["0.0"]
-        assert set(first) == {"seconds", "step", "accuracy"} and first["step"] == 1 and first["seconds"] > 0
-    assert results["median_seconds"]["0.0"] > 0
+    assert set(results) == {"settings", "machine", "time_to_threshold", "schedules", "runs"}
+    assert [(run["epochs"], run["seed"]) for run in results["runs"]] == [(1, 42), (1, 43)]  # quick: 2 seeds
+    for run in results["runs"]:
+        assert run["training_seconds"] > 0 and 0 <= run["held_out_accuracy"] <= 1
+    (schedule,) = results["schedules"]
+    assert schedule["held_out_accuracies"] == [run["held_out_accuracy"] for run in results["runs"]]
+    assert results["time_to_threshold"] == {"0.0": dict(seconds=schedule["median_training_seconds"], epochs=1),
+                                            "99.5": None}
 
 
 # ---- benchmarks/holdout.py: the folds, the files run.py is given, and one whole fold as a user runs it ----

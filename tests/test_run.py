@@ -202,6 +202,21 @@ def test_test_time_augmentation_averages_the_digit_and_its_one_pixel_shifts(real
     assert not np.allclose(ensemble.ensemble_probabilities([model], images, tta=False), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("tta", [False, True])
+def test_the_saved_model_serves_what_ensemble_probabilities_gives_with_or_without_tta(real_digits, tmp_path, tta):
+    import tensorflow as tf
+
+    import ensemble
+    from model import DigitNet
+    images, _ = real_digits
+    members = [DigitNet(seed=1), DigitNet(seed=2)]
+    ensemble.export_saved_model(members, str(tmp_path / "saved_model"), tta)
+    serve = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
+    served = serve(images=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(served, ensemble.ensemble_probabilities(members, images, tta), atol=1e-6)
+    assert not np.allclose(served, ensemble.ensemble_probabilities(members, images, not tta), atol=1e-4)
+
+
 def test_list_models_prints_every_network_with_its_size(tmp_path):
     from model import MODELS
     result = run_py(["--list_models"], cwd=tmp_path)
