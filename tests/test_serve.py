@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import predict
-from test_predict import draw, png_header_only, tiny_saved_model  # noqa: F401  (a fixture, shared)
+from test_predict import draw, more_digits, png_header_only, tiny_saved_model  # noqa: F401  (fixtures, shared)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
