@@ -7,7 +7,7 @@ One line per picture:
     seven.jpg: 7  (7 0.91, 5 0.01, 2 0.01)               one digit, and the three likeliest
     year.jpg: 2026  (2 0.99, 0 0.97, 2 0.98, 6 0.95)     a number written in a row, each digit read in turn
     scribble.png: ?  (no digit: the model is unsure, at best 4 0.41)
-    letter_h.png: ?  (no digit: unlike the digits the model learnt (novelty above 1.7), at best 4 0.88 novelty 2.53)
+    letter_h.png: ?  (no digit: unlike the digits the model learnt (novelty above 1.7), at best 4 0.89 novelty 2.27)
 A digit of a number that the model is unsure of, or that is unlike the digits it learnt, shows as ? (and
 "4? 0.41" in the brackets).
 
@@ -59,11 +59,11 @@ JOIN_GAP = 0.15  # pieces this close (a share of the tallest's height) may be on
 MAX_DIGITS = 20  # more pieces in a row than this are text or noise
 # A digit is answered only if the model's likeliest digit has at least MIN_CONFIDENCE probability and the
 # picture's novelty is at most MAX_NOVELTY; else "?". Novelty (the SavedModel's, ensemble.novelty_statistics):
-# how far what the network's last layer reads of the picture is from that of the training digits of the digit
-# it is read as (a Mahalanobis distance per feature, 1 on average over the training digits). A network trained
+# how far what the network's blocks make of the picture is from what they made of the training digits of the
+# digit it is read as (Mahalanobis distances per feature, about 1 over the training digits). A network trained
 # on digits alone reads an A as a 4 as surely as a real 4, but the A's features are not those of the 4s it
-# learnt. Both calibrated by benchmarks/photos.py on held-out train.csv digits against blank, noise and
-# letter-like pictures (of other seeds and letters than those it then reports on).
+# learnt. Both calibrated by benchmarks/photos.py on photos of held-out train.csv digits (of another seed
+# than those it reports on): MAX_NOVELTY is the lowest limit that still answers 99% of them; no letter takes part.
 MIN_CONFIDENCE = 0.5
 MAX_NOVELTY = 1.7
 
