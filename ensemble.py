@@ -6,6 +6,7 @@ import tensorflow as tf
 import files
 from train import predict_probabilities
 
+NOVELTY_RIDGE = 1e-3  # added to the features' covariance, as a share of their mean variance
 TTA_SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]  # (rows, columns): the digit and its one-pixel shifts
 
 
@@ -16,19 +17,62 @@ def ensemble_probabilities(models, images, tta=False):
                     for model in models for shift in shifts], axis=0)
 
 
-def export_saved_model(models, path, tta=False):
+def features_of(model):
+    """What the model's layers make of images (model.features: a list of [N, D] per layer), or, for a network
+    that does not say, [its logits]: a function (images, training) -> list of [N, D]."""
+    return getattr(model, "features", None) or (lambda images, training: [model(images, training=training)])
+
+
+def network_features(model, images, batch_size=1000):
+    """features_of(model) in inference mode, batch by batch -> list of numpy float64 [N, D], one per layer."""
+    compiled = tf.function(lambda batch: features_of(model)(batch, training=False))
+    batches = [[layer.numpy() for layer in compiled(images[i:i + batch_size])] for i in range(0, len(images), batch_size)]
+    return [np.concatenate(layer).astype(np.float64) for layer in zip(*batches)]
+
+
+def novelty_statistics(models, images, labels):
+    """The training digits -> for each layer of each model (features_of): (the mean of each digit's features
+    there, float32 [10, D]; a whitening matrix W, float32 [D, D], W W^T the inverse of their covariance
+    around their own digit's mean, shared by the digits), as in Lee et al. 2018's Mahalanobis detector.
+
+    A picture's novelty is then, at each layer, its Mahalanobis distance to the mean of the digit it is read
+    as, squared and per feature, mean(((f - mean[digit]) W)^2), averaged over the layers, and its root. Over
+    the training digits each layer's averages 1 (a little less, for the ridge): a pure number, whichever
+    network, layer or width, so the layers weigh alike. A ridge of NOVELTY_RIDGE of the mean variance keeps
+    each covariance invertible (a unit that never fires on a digit)."""
+    statistics = []
+    for layer in (layer for model in models for layer in network_features(model, images)):
+        means = np.stack([layer[labels == digit].mean(axis=0) for digit in range(10)])
+        deviations = layer - means[labels]
+        covariance = deviations.T @ deviations / len(layer)
+        covariance += NOVELTY_RIDGE * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
+        statistics.append((means.astype(np.float32), np.linalg.cholesky(np.linalg.inv(covariance)).astype(np.float32)))
+    return statistics
+
+
+def export_saved_model(models, path, train_images, train_labels, tta=False):
     """A SavedModel whose `serving_default` maps images [N, 28, 28, 1] in [0, 1] to class probabilities, those
-    of ensemble_probabilities(models, images, tta), loadable with tf.saved_model.load alone. Swapped in whole
-    (files.replace_directory): until the new one is complete, `path` is the old one."""
+    of ensemble_probabilities(models, images, tta), and to each picture's novelty (novelty_statistics: how
+    unlike the training digits, train_images and train_labels, of the digit it is read as; of the picture as
+    it is, unshifted), loadable with tf.saved_model.load alone. Swapped in whole (files.replace_directory):
+    until the new one is complete, `path` is the old one."""
     module = tf.Module()
     module.models = list(models)
+    statistics = novelty_statistics(module.models, train_images, train_labels)
+    module.class_means = [tf.Variable(means, trainable=False) for means, _ in statistics]
+    module.whitening = [tf.Variable(whitening, trainable=False) for _, whitening in statistics]
     shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
 
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="images")])
     def serve(images):
         outputs = [tf.nn.softmax(m(tf.roll(images, shift, axis=[1, 2]), training=False))
                    for m in module.models for shift in shifts]
-        return {"probabilities": tf.add_n(outputs) / len(outputs)}
+        probabilities = tf.add_n(outputs) / len(outputs)
+        digit = tf.argmax(probabilities, axis=1)
+        layers = [layer for m in module.models for layer in features_of(m)(images, training=False)]
+        squared = [tf.reduce_mean(tf.square((layer - tf.gather(means, digit)) @ whitening), axis=1)
+                   for layer, means, whitening in zip(layers, module.class_means, module.whitening)]
+        return {"probabilities": probabilities, "novelty": tf.sqrt(tf.add_n(squared) / len(squared))}
 
     module.serve = serve
     files.replace_directory(lambda new: tf.saved_model.save(module, new, signatures=serve), path)

@@ -77,13 +77,25 @@ class DigitNet(tf.Module):
         self.bias2 = tf.Variable(tf.zeros([N_CLASSES]))
 
     def __call__(self, images, training=False, rng=None):
-        x = conv_pool_bn_relu(images, self.conv1, self.bn1, training)
-        x = conv_pool_bn_relu(x, self.conv2, self.bn2, training)
-        x = conv_pool_bn_relu(x, self.conv3, self.bn3, training)
-        x = tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])
-        x = tf.nn.relu(batch_normalize(x @ weight(self.dense1, x), self.bn4, training))
-        x = dropout(x, self.dropout_rate, rng, training)
+        x = dropout(self.blocks(images, training)[-1], self.dropout_rate, rng, training)
         return x @ weight(self.dense2, x) + weight(self.bias2, x)
+
+    def blocks(self, images, training=False):
+        """Each block's output, the diagram's rows: the three conv blocks' (the third's flattened, 1152) and the
+        dense layer's (after batch norm and ReLU: what the last layer reads, through dropout)."""
+        block1 = conv_pool_bn_relu(images, self.conv1, self.bn1, training)
+        block2 = conv_pool_bn_relu(block1, self.conv2, self.bn2, training)
+        block3 = flatten(conv_pool_bn_relu(block2, self.conv3, self.bn3, training))
+        dense = tf.nn.relu(batch_normalize(block3 @ weight(self.dense1, block3), self.bn4, training))
+        return block1, block2, block3, dense
+
+    def features(self, images, training=False):
+        """What each block makes of the images, as the SavedModel's novelty compares them with the training
+        digits' (ensemble.novelty_statistics; Lee et al. 2018): the first two conv blocks' outputs averaged over
+        the picture (32 and 64 channels), the third's 3x3x128 whole (small enough for its covariance) and the
+        dense layer's 128 -> [batch, 32], [batch, 64], [batch, 1152], [batch, 128]."""
+        block1, block2, block3, dense = self.blocks(images, training)
+        return [tf.reduce_mean(block1, axis=[1, 2]), tf.reduce_mean(block2, axis=[1, 2]), block3, dense]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -290,14 +302,24 @@ class TunedCNN(tf.Module):
         self.logits_bias = tf.Variable(tf.zeros([N_CLASSES]))
 
     def __call__(self, images, training=False, rng=None):
+        x = dropout(self.dense_features(images, training, rng), self.dropout_rate, rng, training)
+        return x @ weight(self.logits_kernel, x) + weight(self.logits_bias, x)
+
+    def features(self, images, training=False):
+        """[what the last layer reads], as the SavedModel's novelty compares it (DigitNet.features)."""
+        return [self.dense_features(images, training)]
+
+    def dense_features(self, images, training=False, rng=None):
+        """What the last layer reads: the last dense layer's outputs after batch norm and ReLU, before its dropout."""
         x = images
         for kernel, bn in zip(self.conv_kernels, self.conv_bns):
             x = max_pool(conv_bn_relu(x, kernel, bn, training))
         x = flatten(x)
-        for kernel, bn in zip(self.dense_kernels, self.dense_bns):
-            x = dropout(tf.nn.relu(batch_normalize(x @ weight(kernel, x), bn, training)), self.dropout_rate, rng,
-                        training)
-        return x @ weight(self.logits_kernel, x) + weight(self.logits_bias, x)
+        for i, (kernel, bn) in enumerate(zip(self.dense_kernels, self.dense_bns)):
+            if i:  # dropout between dense layers; the last one's is the caller's
+                x = dropout(x, self.dropout_rate, rng, training)
+            x = tf.nn.relu(batch_normalize(x @ weight(kernel, x), bn, training))
+        return x
 
 
 def tuned_network(params, seed):

@@ -229,8 +229,8 @@ def write_outputs(config, members, history, split, test_images, run_name):
     import ensemble
     import report
 
-    _, train_labels, val_images, val_labels = split
-    ensemble.export_saved_model(members, f"{MODEL_DIR}/saved_model", config.tta)
+    train_images, train_labels, val_images, val_labels = split
+    ensemble.export_saved_model(members, f"{MODEL_DIR}/saved_model", train_images, train_labels, config.tta)
     data.write_submission(SUBMISSION, ensemble.ensemble_probabilities(members, test_images, config.tta).argmax(1))
     if len(val_labels):
         val_probabilities = ensemble.ensemble_probabilities(members, val_images, config.tta)

@@ -9,8 +9,8 @@ a picture's bytes as the body (Content-Type image/png or image/jpeg), which answ
 the very preprocessing python predict.py uses:
 
     {"digits": "2026", "details": "2 0.99, 0 0.97, 2 0.98, 6 0.95",
-     "pieces": [{"digit": 2, "sure": true, "probabilities": [10 numbers], "picture": "data:image/png;base64,..."},
-                ...]}
+     "pieces": [{"digit": 2, "sure": true, "probabilities": [10 numbers], "novelty": 0.82,
+                 "picture": "data:image/png;base64,..."}, ...]}
 
 "digits" is "?" when there is no digit (then "details" says why, and "pieces" may be empty). A body over
 MAX_BYTES is refused with 413, another Content-Type with 415, a file that is not a picture with 400, and one
@@ -37,9 +37,9 @@ IMAGE_TYPES = ("image/png", "image/jpeg")
 PAGE = Path(__file__).resolve().parent / "resources" / "draw.html"
 
 
-def create_app(classify, min_confidence=predict.MIN_CONFIDENCE):
-    """The Flask app: GET / is the page, POST /predict reads a picture. classify: float32 [n, 28, 28] ->
-    probabilities [n, 10], called by one request at a time."""
+def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY):
+    """The Flask app: GET / is the page, POST /predict reads a picture. classify: as predict.read's
+    (predict.load_classifier), called by one request at a time."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BYTES
     one_at_a_time = threading.Lock()
@@ -58,12 +58,12 @@ def create_app(classify, min_confidence=predict.MIN_CONFIDENCE):
             return refuse(400, "empty body: send the picture's bytes")
         try:
             with one_at_a_time:
-                reading = predict.read(io.BytesIO(body), classify, min_confidence)
+                reading = predict.read(io.BytesIO(body), classify, min_confidence, max_novelty)
         except predict.PictureTooLarge as error:
             return refuse(413, str(error))
         except ValueError as error:
             return refuse(400, str(error))
-        return jsonify(answer(reading, min_confidence))
+        return jsonify(answer(reading))
 
     @app.errorhandler(HTTPException)
     def http_error(error):  # 404, 405, 413 from werkzeug: JSON like the rest
@@ -78,11 +78,12 @@ def refuse(status, message):
     return jsonify(error=message), status
 
 
-def answer(reading, min_confidence):
+def answer(reading):
     """predict.Reading -> the JSON-ready answer (see the module's docstring)."""
-    pieces = [dict(digit=int(p.argmax()), sure=bool(p.max() >= min_confidence),
-                   probabilities=[round(float(x), 4) for x in p], picture=png_data_url(picture))
-              for picture, p in zip(reading.pictures, reading.probabilities)]
+    pieces = [dict(digit=int(p.argmax()), sure=bool(sure), probabilities=[round(float(x), 4) for x in p],
+                   novelty=round(float(novelty), 3), picture=png_data_url(picture))
+              for picture, p, novelty, sure in zip(reading.pictures, reading.probabilities, reading.novelty,
+                                                   reading.sure)]
     return dict(digits=reading.digits, details=reading.details, pieces=pieces)
 
 
@@ -99,14 +100,16 @@ def main(argv=None):
                                                             "machine only; 0.0.0.0: every network)")
     parser.add_argument("--port", type=int, default=8000, help="(default 8000)")
     parser.add_argument("--min_confidence", type=float, default=predict.MIN_CONFIDENCE,
-                        help=f"answer ? below this probability (default {predict.MIN_CONFIDENCE}; 0: always guess)")
+                        help=f"answer ? below this probability (default {predict.MIN_CONFIDENCE}; 0: never for this)")
+    parser.add_argument("--max_novelty", type=float, default=predict.MAX_NOVELTY,
+                        help=f"answer ? above this novelty (default {predict.MAX_NOVELTY}; inf: never for this)")
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port}: must be in 1..65535")
     if not os.path.exists(f"{predict.SAVED_MODEL}/saved_model.pb"):
         print(f"error: no model in {predict.SAVED_MODEL}; run python run.py first", file=sys.stderr)
         return 2
-    app = create_app(predict.load_classifier(), args.min_confidence)
+    app = create_app(predict.load_classifier(), args.min_confidence, args.max_novelty)
     print(f"serving {predict.SAVED_MODEL} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
     try:
         app.run(host=args.host, port=args.port, threaded=True)

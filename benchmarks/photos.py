@@ -13,8 +13,10 @@ condition drawn at random. Pictures that are no digit: blank paper (plain, dim, 
 specks alone, noise (uniform, Gaussian, blotches) and letter-like pictures (handwritten-style capitals that are
 not shaped like digits: A E F H K M N R W X, and a few symbols).
 
-predict.MIN_CONFIDENCE is calibrated on the first half of the validation digits and on not-a-digit pictures of
-one seed; every other row is measured on the second half and pictures of another seed. Today's preprocessing
+predict.MIN_CONFIDENCE and predict.MAX_NOVELTY are calibrated on the first half of the validation digits and on
+not-a-digit pictures of one seed (the calibration table: the shares answered at each threshold, and the lowest
+novelty that still answers 99% of those digits); every other row is measured on the second half and pictures of
+another seed, letters drawn afresh. Today's preprocessing
 (predict.to_mnist as of commit 08c48fd) reads the same single-digit photos, for comparison. Prints a table and
 writes benchmarks/results/photos.json.
 """
@@ -28,6 +30,7 @@ out = ""                 # the JSON's path (relative to the repo); default: benc
 quick = False            # a smoke run: 2000 rows, 2 photos a condition, 1 number a length
 # ------------------------------------------------------------------------------
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -281,20 +284,21 @@ def todays_to_mnist():
 
 
 def measure(picture, classify, old_to_mnist=None):
-    """One rendered picture -> {"digits": what predict.read answers, "score": the highest probability among its
-    digits (0: no digit found), "old": the digit today's preprocessing gives, or None when it refused}."""
+    """One rendered picture -> {"digits": what predict.read answers, "pieces": [[the highest probability,
+    the novelty] of each digit it found] (none: no digit-like ink), "old": the digit today's preprocessing
+    gives, or None when it refused}."""
     file = encoded(*picture)
     reading = predict.read(file, classify)
-    score = float(reading.probabilities.max()) if len(reading.probabilities) else 0.0
+    pieces = [[float(p.max()), float(n)] for p, n in zip(reading.probabilities, reading.novelty)]
     old = None
     if old_to_mnist:
         file.seek(0)
         with Image.open(file) as image:
             try:
-                old = str(int(classify(old_to_mnist(image)[None]).argmax()))
+                old = str(int(classify(old_to_mnist(image)[None])["probabilities"].argmax()))
             except ValueError:  # "blank picture"
                 pass
-    return dict(digits=reading.digits, score=score, old=old)
+    return dict(digits=reading.digits, pieces=pieces, old=old)
 
 
 def row(kind, condition, results, truths):
@@ -342,12 +346,25 @@ def no_digits(rng, n, classify, old_to_mnist):
     return {kind: [measure(not_a_digit(rng, kind), classify, old_to_mnist) for _ in range(n)] for kind in NOT_DIGITS}
 
 
-def calibrate(digit_scores, other_scores):
-    """Rates at each candidate threshold, and the highest threshold that still answers 99 % of the digits."""
-    table = [dict(threshold=float(t), digits_answered=float(np.mean(digit_scores >= t)),
-                  others_refused=float(np.mean(other_scores < t))) for t in np.round(np.arange(0.05, 1, 0.05), 2)]
-    keeping = [line["threshold"] for line in table if line["digits_answered"] >= 0.99]
-    return table, (max(keeping) if keeping else None)
+def answered(pieces, min_confidence, max_novelty):
+    """Whether predict.read answers a picture whose digits are pieces ([probability, novelty] each) at these
+    thresholds: one of them at least min_confidence likely and at most max_novelty novel."""
+    return any(p >= min_confidence and n <= max_novelty for p, n in pieces)
+
+
+def calibrate(digit_pieces, other_pieces):
+    """The share of digits answered and of no-digit pictures refused at each threshold: of confidence (with no
+    limit on novelty) and of novelty (at predict.MIN_CONFIDENCE); and the highest confidence and the lowest
+    novelty that still answer 99 % of the digits."""
+    def rates(min_confidence, max_novelty):
+        return dict(digits_answered=float(np.mean([answered(p, min_confidence, max_novelty) for p in digit_pieces])),
+                    others_refused=float(np.mean([not answered(p, min_confidence, max_novelty) for p in other_pieces])))
+    confidence = [dict(threshold=float(t), **rates(t, np.inf)) for t in np.round(np.arange(0.05, 1, 0.05), 2)]
+    novelty = [dict(threshold=float(t), **rates(predict.MIN_CONFIDENCE, t)) for t in np.round(np.arange(1, 2.51, 0.05), 2)]
+    keeping = [line["threshold"] for line in confidence if line["digits_answered"] >= 0.99]
+    familiar = [line["threshold"] for line in novelty if line["digits_answered"] >= 0.99]
+    return dict(confidence=confidence, novelty=novelty, min_confidence=max(keeping) if keeping else None,
+                max_novelty=min(familiar) if familiar else None)
 
 
 def percent(value):
@@ -364,14 +381,19 @@ def print_table(rows):
           "(08c48fd), right for digits, refused for no digit (it never says ?, only 'blank picture')")
 
 
-def print_calibration(table, suggested, n_digits, n_others):
+def print_calibration(calibration, n_digits, n_others):
     print(f"\ncalibration (first half of the digits: {n_digits} photos under all conditions; {n_others} "
-          f"pictures of no digit), the share answered at each threshold:")
-    print(f"{'threshold':>10} {'digits answered':>16} {'no digit: ?':>12}")
-    for line in table:
-        print(f"{line['threshold']:10.2f} {percent(line['digits_answered']):>16} {percent(line['others_refused']):>12}")
-    print(f"highest threshold still answering 99% of the calibration digits: {suggested}; "
-          f"predict.MIN_CONFIDENCE = {predict.MIN_CONFIDENCE}")
+          f"pictures of no digit, of another seed), the share answered at each threshold:")
+    print(f"{'confidence':>10} {'digits answered':>16} {'no digit: ?':>12}    {'novelty':>8} {'digits answered':>16} "
+          f"{'no digit: ?':>12}  (novelty at confidence {predict.MIN_CONFIDENCE})")
+    for by_confidence, by_novelty in itertools.zip_longest(calibration["confidence"], calibration["novelty"]):
+        left = (f"{by_confidence['threshold']:10.2f} {percent(by_confidence['digits_answered']):>16} "
+                f"{percent(by_confidence['others_refused']):>12}") if by_confidence else " " * 40
+        print(left + (f"    {by_novelty['threshold']:8.2f} {percent(by_novelty['digits_answered']):>16} "
+                      f"{percent(by_novelty['others_refused']):>12}" if by_novelty else ""))
+    print(f"still answering 99% of the calibration digits: the highest confidence threshold "
+          f"{calibration['min_confidence']} (predict.MIN_CONFIDENCE = {predict.MIN_CONFIDENCE}), the lowest novelty "
+          f"limit {calibration['max_novelty']} (predict.MAX_NOVELTY = {predict.MAX_NOVELTY})")
 
 
 def targets(rows):
@@ -427,8 +449,8 @@ def main(settings):
     rng = np.random.default_rng(settings.seed + 1)
     calibration_digits = single_digits(rng, *calibration, max(n // 2, 2), classify, None)
     calibration_others = no_digits(rng, max(n // 2, 2), classify, None)
-    table, suggested = calibrate(np.array([r["score"] for results, _ in calibration_digits.values() for r in results]),
-                                 np.array([r["score"] for results in calibration_others.values() for r in results]))
+    calibration = calibrate([r["pieces"] for results, _ in calibration_digits.values() for r in results],
+                            [r["pieces"] for results in calibration_others.values() for r in results])
     print("measuring on the second half and pictures of seed", settings.seed, flush=True)
     rng = np.random.default_rng(settings.seed)
     old_to_mnist = todays_to_mnist()
@@ -440,7 +462,7 @@ def main(settings):
              for kind, results in no_digits(rng, n, classify, old_to_mnist).items()]
 
     print_table(rows)
-    print_calibration(table, suggested, sum(len(results) for results, _ in calibration_digits.values()),
+    print_calibration(calibration, sum(len(results) for results, _ in calibration_digits.values()),
                       sum(len(results) for results in calibration_others.values()))
     met = targets(rows)
     for line in met:
@@ -449,7 +471,7 @@ def main(settings):
     print(f"{time.time() - started:.0f} s")
     results = dict(settings=vars(settings), digits=dict(source="train.csv validation split of the model's run",
                                                         calibration=half, measured=len(val_images) - half),
-                   min_confidence=predict.MIN_CONFIDENCE, calibration=dict(table=table, suggested=suggested),
+                   min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY, calibration=calibration,
                    rows=rows, targets=met, seconds=time.time() - started)
     path = REPO / (settings.out or f"benchmarks/results/photos{'_quick' if settings.quick else ''}.json")
     files.write_text(path, json.dumps(results, indent=2) + "\n")

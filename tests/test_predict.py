@@ -24,8 +24,8 @@ NO_DIGIT = re.compile(r"^(?P<path>\S+): \?  \(no digit: .+\)$")
 
 
 def unsure(pictures):
-    """A stand-in for the model that knows nothing: every digit equally likely."""
-    return np.full((len(pictures), 10), 0.1, np.float32)
+    """A stand-in for the model that knows nothing: every digit equally likely (and nothing novel)."""
+    return {"probabilities": np.full((len(pictures), 10), 0.1, np.float32), "novelty": np.zeros(len(pictures))}
 
 
 def seen(image):
@@ -250,13 +250,13 @@ def test_a_picture_of_too_many_pixels_is_refused_before_it_is_decoded(tmp_path, 
 
 # ---- the answer -------------------------------------------------------------------------------------------
 
-def sure_of(digit_for):
+def sure_of(digit_for, novelty=0.5):
     """A stand-in for the model, sure (0.9) of digit_for(picture index) for each picture; of the others, the
-    lower digits a little likelier (about 0.01 each)."""
+    lower digits a little likelier (about 0.01 each); each picture of this novelty."""
     def classify(pictures):
         probabilities = np.tile(np.linspace(0.0114, 0.0108, 10, dtype=np.float32), (len(pictures), 1))
         probabilities[np.arange(len(pictures)), [digit_for(i) for i in range(len(pictures))]] = 0.9
-        return probabilities
+        return {"probabilities": probabilities, "novelty": np.full(len(pictures), novelty, np.float32)}
     return classify
 
 
@@ -264,6 +264,12 @@ def test_a_digit_the_model_is_unsure_of_is_answered_with_a_question_mark(tmp_pat
     draw(7).save(tmp_path / "seven.png")
     reading = predict.read(tmp_path / "seven.png", unsure)
     assert reading.digits == "?" and reading.details.startswith("no digit: the model is unsure")
+
+
+def test_a_digit_unlike_the_training_digits_is_answered_with_a_question_mark(tmp_path):
+    draw(7).save(tmp_path / "seven.png")
+    reading = predict.read(tmp_path / "seven.png", sure_of(lambda i: 7, novelty=predict.MAX_NOVELTY + 0.01))
+    assert reading.digits == "?" and reading.details.startswith("no digit: unlike the digits the model learnt")
 
 
 def test_a_sure_digit_is_answered_with_its_three_likeliest(tmp_path):
@@ -274,10 +280,20 @@ def test_a_sure_digit_is_answered_with_its_three_likeliest(tmp_path):
 
 # ---- python predict.py, end to end ------------------------------------------------------------------------
 
+TRAINED_ON = 3000  # the tiny model's digits: train.csv's first rows; the next ones it never saw
+
+
 @pytest.fixture(scope="session")
-def tiny_saved_model(tmp_path_factory, real_digits):
-    """model/saved_model of a network trained briefly on 400 real digits, made once for the whole session
-    (tests/test_serve.py uses it too, through this fixture)."""
+def more_digits():
+    """(images, labels) of train.csv's first TRAINED_ON + 100 digits: the tiny model's, and 100 it never saw."""
+    import data
+    return data.load_train(REPO / "digit-recognizer" / "train.csv.gz", max_rows=TRAINED_ON + 100)
+
+
+@pytest.fixture(scope="session")
+def tiny_saved_model(tmp_path_factory, more_digits):
+    """model/saved_model of a network trained briefly (2 epochs) on TRAINED_ON real digits, enough to tell digits
+    from letters, made once for the whole session (tests/test_serve.py uses it too, through this fixture)."""
     path = tmp_path_factory.getbasetemp() / "tiny_model" / "saved_model"
     if not (path / "saved_model.pb").exists():
         import tensorflow as tf
@@ -285,13 +301,81 @@ def tiny_saved_model(tmp_path_factory, real_digits):
         from ensemble import export_saved_model
         from model import DigitNet
 
-        images, labels = real_digits
+        images, labels = more_digits
         tf.random.set_seed(0)
         network = DigitNet(seed=0)
-        train_with(network, (images[:400], labels[:400], images[400:], labels[400:]), max_n_epochs=1, patience=1,
-                   batch_size=32, learning_rate=3e-3)
-        export_saved_model([network], str(path))
+        split = images[:TRAINED_ON], labels[:TRAINED_ON], images[TRAINED_ON:], labels[TRAINED_ON:]
+        train_with(network, split, max_n_epochs=2, patience=2, batch_size=32, learning_rate=3e-3)
+        export_saved_model([network], str(path), *split[:2])
     return path
+
+
+# ---- not a digit: novelty ---------------------------------------------------------------------------------
+
+LETTERS = {  # capitals that the tiny model reads surely as a digit (a 5, a 4, a 4), as pen strokes in a unit box
+    "E": [[(1, 0), (0, 0), (0, 1), (1, 1)], [(0, 0.5), (0.75, 0.5)]],
+    "H": [[(0, 0), (0, 1)], [(1, 0), (1, 1)], [(0, 0.5), (1, 0.5)]],
+    "N": [[(0, 1), (0, 0), (1, 1), (1, 0)]],
+}
+
+
+def draw_letter(strokes):
+    """A thick-stroked letter 150 pixels tall on a 300x220 canvas, as draw() draws digits."""
+    canvas = Image.new("L", (300, 220), 255)
+    for stroke in strokes:
+        ImageDraw.Draw(canvas).line([(80 + 120 * x, 35 + 150 * y) for x, y in stroke], fill=0, width=16, joint="curve")
+    return canvas
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_saved_model):
+    """The tiny model, loaded once, as predict.py loads it."""
+    return predict.load_classifier(str(tiny_saved_model))
+
+
+@pytest.mark.parametrize("letter", LETTERS)
+def test_a_letter_the_model_reads_surely_as_a_digit_is_answered_with_a_question_mark(tiny_model, tmp_path, letter):
+    draw_letter(LETTERS[letter]).save(tmp_path / "letter.png")
+    reading = predict.read(tmp_path / "letter.png", tiny_model)
+    assert reading.probabilities.max() >= predict.MIN_CONFIDENCE  # its likeliest digit alone would not refuse it
+    assert reading.digits == "?" and "unlike the digits the model learnt" in reading.details, reading.details
+
+
+def test_real_digits_the_model_never_saw_are_not_novel(tiny_model, more_digits):
+    images, _ = more_digits
+    novelty = tiny_model(images[TRAINED_ON:, :, :, 0])["novelty"]
+    assert novelty.max() <= predict.MAX_NOVELTY, np.sort(novelty)[-5:]
+
+
+@pytest.mark.parametrize("digit", [1, 7, 0])
+def test_a_drawn_digit_is_answered_at_predicts_own_thresholds(tiny_model, tmp_path, digit):
+    draw(digit).save(tmp_path / "digit.png")
+    assert predict.read(tmp_path / "digit.png", tiny_model).digits == str(digit)
+
+
+def test_novelty_is_the_mahalanobis_distance_to_the_read_digits_training_mean_averaged_over_layers(
+        tmp_path, more_digits):
+    """At each layer of DigitNet.features: the features' distance to the mean of the training digits of the
+    digit the model reads, under the inverse of their covariance around their own digit's mean (plus the ridge),
+    squared and per feature; averaged over the layers, and its root."""
+    from ensemble import NOVELTY_RIDGE, export_saved_model
+    from model import DigitNet
+    images, labels = more_digits
+    train_images, train_labels, unseen = images[:TRAINED_ON], labels[:TRAINED_ON], images[TRAINED_ON:TRAINED_ON + 20]
+    network = DigitNet(seed=1)  # untrained: the definition holds for any weights
+    export_saved_model([network], str(tmp_path / "saved_model"), train_images, train_labels)
+    novelty = predict.load_classifier(str(tmp_path / "saved_model"))(unseen[..., 0])["novelty"]
+
+    read_as = network(unseen).numpy().argmax(axis=1)
+    squared = []
+    for trained, seen_ in zip(network.features(train_images), network.features(unseen)):
+        trained, seen_ = np.float64(trained), np.float64(seen_)
+        means = np.stack([trained[train_labels == digit].mean(axis=0) for digit in range(10)])
+        covariance = np.cov((trained - means[train_labels]).T, bias=True)
+        covariance += NOVELTY_RIDGE * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
+        deviation = seen_ - means[read_as]
+        squared.append(np.sum(deviation * np.linalg.solve(covariance, deviation.T).T, axis=1) / len(covariance))
+    np.testing.assert_allclose(novelty, np.sqrt(np.mean(squared, axis=0)), rtol=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +405,7 @@ def predict_py(args, cwd):
 @pytest.fixture(scope="module")
 def finished(workdir):
     """python predict.py --show, always guessing, on the pictures and, among them, the file that is not one."""
-    return predict_py(["--show", "--min_confidence", "0", "one.png", "seven.jpg", "notes.txt", "zero.png",
+    return predict_py(["--show", "--min_confidence", "0", "--max_novelty", "inf", "one.png", "seven.jpg", "notes.txt", "zero.png",
                        "number.png", "blank.png"], cwd=workdir)
 
 
@@ -355,9 +439,7 @@ def test_a_file_that_is_not_a_picture_gets_one_error_line_and_exit_code_2(finish
 
 
 def test_show_saves_what_the_network_saw_beside_the_picture(finished, workdir):
-    import tensorflow as tf
-    serve = tf.saved_model.load(str(workdir / "model" / "saved_model")).signatures["serving_default"]
-    classify = lambda pictures: serve(images=tf.constant(pictures[..., None]))["probabilities"].numpy()  # noqa: E731
+    classify = predict.load_classifier(str(workdir / "model" / "saved_model"))
     for name, count in [("one.png", 1), ("seven.jpg", 1), ("zero.png", 1), ("number.png", 3)]:
         with Image.open(workdir / name.replace(Path(name).suffix, ".mnist.png")) as preview:
             assert preview.format == "PNG" and preview.size == (28 * count, 28) and preview.mode == "L"
@@ -399,4 +481,4 @@ def test_the_photos_benchmark_smoke_run_prints_its_table_and_writes_its_json(tmp
     assert "validation split" in result.stdout  # it says which digits it used
     results = json.loads(out.read_text())
     assert [row["kind"] for row in results["rows"]] == ["single digit"] * 11 + ["number"] * 4 + ["not a digit"] * 4
-    assert len(results["targets"]) == 5 and results["calibration"]["table"]
+    assert len(results["targets"]) == 5 and results["calibration"]["novelty"]

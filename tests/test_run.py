@@ -208,9 +208,9 @@ def test_the_saved_model_serves_what_ensemble_probabilities_gives_with_or_withou
 
     import ensemble
     from model import DigitNet
-    images, _ = real_digits
+    images, labels = real_digits
     members = [DigitNet(seed=1), DigitNet(seed=2)]
-    ensemble.export_saved_model(members, str(tmp_path / "saved_model"), tta)
+    ensemble.export_saved_model(members, str(tmp_path / "saved_model"), images, labels, tta)
     serve = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
     served = serve(images=tf.constant(images))["probabilities"].numpy()
     np.testing.assert_allclose(served, ensemble.ensemble_probabilities(members, images, tta), atol=1e-6)

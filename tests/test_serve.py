@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import predict
-from test_predict import draw, png_header_only, tiny_saved_model  # noqa: F401  (a fixture, shared)
+from test_predict import draw, more_digits, png_header_only, tiny_saved_model  # noqa: F401  (fixtures, shared)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -29,14 +29,16 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_saved_model):  # noqa: F811
-    """python serve.py --port P --min_confidence 0 in a directory as run.py leaves it (the tiny model, which
-    is unsure of everything: always guessing, it still answers) -> (its address, the lines it printed)."""
+    """python serve.py --port P --min_confidence 0 --max_novelty inf in a directory as run.py leaves it (the
+    tiny model, always guessing: it answers whatever it makes of a drawing) -> (its address, the lines it
+    printed)."""
     workdir = tmp_path_factory.mktemp("serve")
     (workdir / "model").mkdir()
     os.symlink(tiny_saved_model, workdir / "model" / "saved_model")
     port = free_port()
     log = open(workdir / "serve.log", "w+")
-    process = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--port", str(port), "--min_confidence", "0"],
+    process = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--port", str(port), "--min_confidence", "0",
+                                "--max_novelty", "inf"],
                                cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True)
     address = f"http://127.0.0.1:{port}"
     try:
@@ -99,7 +101,7 @@ def test_predict_reads_as_predict_py_does(server, tiny_saved_model):  # noqa: F8
     address, _ = server
     body = encoded(draw(0))
     _, answer = post(address, body, "image/png")
-    reading = predict.read(io.BytesIO(body), predict.load_classifier(str(tiny_saved_model)), 0)
+    reading = predict.read(io.BytesIO(body), predict.load_classifier(str(tiny_saved_model)), 0, float("inf"))
     assert (answer["digits"], answer["details"]) == (reading.digits, reading.details)
 
 
