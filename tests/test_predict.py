@@ -312,10 +312,9 @@ def tiny_saved_model(tmp_path_factory, more_digits):
 
 # ---- not a digit: novelty ---------------------------------------------------------------------------------
 
-LETTERS = {  # capitals that the tiny model reads surely as a digit (a 5, a 4, a 4), as pen strokes in a unit box
-    "E": [[(1, 0), (0, 0), (0, 1), (1, 1)], [(0, 0.5), (0.75, 0.5)]],
+LETTERS = {  # a capital that the tiny model reads surely as a digit (a 4, at 0.8), as pen strokes in a unit box
+    # (an E, an N were too, before DigitNet pooled first; now it is unsure of them, so they say nothing of novelty)
     "H": [[(0, 0), (0, 1)], [(1, 0), (1, 1)], [(0, 0.5), (1, 0.5)]],
-    "N": [[(0, 1), (0, 0), (1, 1), (1, 0)]],
 }
 
 
