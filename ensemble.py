@@ -23,14 +23,7 @@ def features_of(model):
     return getattr(model, "features", None) or (lambda images, training: [model(images, training=training)])
 
 
-def network_features(model, images, batch_size=1000):
-    """features_of(model) in inference mode, batch by batch -> list of numpy float64 [N, D], one per layer."""
-    compiled = tf.function(lambda batch: features_of(model)(batch, training=False))
-    batches = [[layer.numpy() for layer in compiled(images[i:i + batch_size])] for i in range(0, len(images), batch_size)]
-    return [np.concatenate(layer).astype(np.float64) for layer in zip(*batches)]
-
-
-def novelty_statistics(models, images, labels):
+def novelty_statistics(models, images, labels, batch_size=1000):
     """The training digits -> for each layer of each model (features_of): (the mean of each digit's features
     there, float32 [10, D]; a whitening matrix W, float32 [D, D], W W^T the inverse of their covariance
     around their own digit's mean, shared by the digits), as in Lee et al. 2018's Mahalanobis detector.
@@ -39,14 +32,27 @@ def novelty_statistics(models, images, labels):
     as, squared and per feature, mean(((f - mean[digit]) W)^2), averaged over the layers, and its root. Over
     the training digits each layer's averages 1 (a little less, for the ridge): a pure number, whichever
     network, layer or width, so the layers weigh alike. A ridge of NOVELTY_RIDGE of the mean variance keeps
-    each covariance invertible (a unit that never fires on a digit)."""
+    each covariance invertible (a unit that never fires on a digit).
+    The features are summed batch by batch, in float64: per digit, the count n_d and the sum of f; over all N
+    digits, the sum of f f^T; then covariance = (sum f f^T - sum_d n_d mean_d mean_d^T) / N. Memory holds D x D
+    numbers a layer, not every training digit's features (which took 1.4 GB more for 42,000 digits: a run peaked at 2.4 GB)."""
+    one_hot = np.eye(10)[labels]
+    counts = one_hot.sum(axis=0)[:, None]
     statistics = []
-    for layer in (layer for model in models for layer in network_features(model, images)):
-        means = np.stack([layer[labels == digit].mean(axis=0) for digit in range(10)])
-        deviations = layer - means[labels]
-        covariance = deviations.T @ deviations / len(layer)
-        covariance += NOVELTY_RIDGE * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
-        statistics.append((means.astype(np.float32), np.linalg.cholesky(np.linalg.inv(covariance)).astype(np.float32)))
+    for model in models:
+        compiled = tf.function(lambda batch, model=model: features_of(model)(batch, training=False))
+        sums = None  # a layer's [sum of f by digit [10, D], sum of f f^T [D, D]]
+        for start in range(0, len(images), batch_size):
+            layers = [layer.numpy().astype(np.float64) for layer in compiled(images[start:start + batch_size])]
+            digits = one_hot[start:start + batch_size]
+            batch = [[digits.T @ f, f.T @ f] for f in layers]
+            sums = batch if sums is None else [[a + c, b + d] for (a, b), (c, d) in zip(sums, batch)]
+        for by_digit, outer in sums:
+            means = by_digit / counts
+            covariance = (outer - means.T @ (counts * means)) / len(labels)
+            covariance += NOVELTY_RIDGE * np.trace(covariance) / len(covariance) * np.eye(len(covariance))
+            statistics.append((means.astype(np.float32),
+                               np.linalg.cholesky(np.linalg.inv(covariance)).astype(np.float32)))
     return statistics
 
 
