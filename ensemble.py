@@ -35,18 +35,19 @@ def novelty_statistics(models, images, labels, batch_size=1000):
     each covariance invertible (a unit that never fires on a digit).
     The features are summed batch by batch, in float64: per digit, the count n_d and the sum of f; over all N
     digits, the sum of f f^T; then covariance = (sum f f^T - sum_d n_d mean_d mean_d^T) / N. Memory holds D x D
-    numbers a layer, not every training digit's features (which took 1.4 GB more for 42,000 digits: a run peaked at 2.4 GB)."""
+    numbers a layer, not every training digit's features (1.4 GB more for 42,000 digits: a run peaked at 2.4 GB)."""
     one_hot = np.eye(10)[labels]
     counts = one_hot.sum(axis=0)[:, None]
     statistics = []
     for model in models:
-        compiled = tf.function(lambda batch, model=model: features_of(model)(batch, training=False))
+        features = tf.function(features_of(model))
         sums = None  # a layer's [sum of f by digit [10, D], sum of f f^T [D, D]]
         for start in range(0, len(images), batch_size):
-            layers = [layer.numpy().astype(np.float64) for layer in compiled(images[start:start + batch_size])]
+            layers = [np.asarray(layer, np.float64)
+                      for layer in features(tf.constant(images[start:start + batch_size]), training=False)]
             digits = one_hot[start:start + batch_size]
-            batch = [[digits.T @ f, f.T @ f] for f in layers]
-            sums = batch if sums is None else [[a + c, b + d] for (a, b), (c, d) in zip(sums, batch)]
+            these = [[digits.T @ f, f.T @ f] for f in layers]
+            sums = these if sums is None else [[a + c, b + d] for (a, b), (c, d) in zip(sums, these)]
         for by_digit, outer in sums:
             means = by_digit / counts
             covariance = (outer - means.T @ (counts * means)) / len(labels)

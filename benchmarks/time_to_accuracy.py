@@ -72,7 +72,8 @@ runs = [one_run(n_epochs, run_seed) for n_epochs in SCHEDULES for run_seed in ra
 schedules = []
 for n_epochs in SCHEDULES:
     these = [run for run in runs if run["epochs"] == n_epochs]
-    schedules.append(dict(epochs=n_epochs, median_training_seconds=statistics.median(r["training_seconds"] for r in these),
+    schedules.append(dict(epochs=n_epochs,
+                          median_training_seconds=statistics.median(r["training_seconds"] for r in these),
                           mean_held_out_accuracy=statistics.mean(r["held_out_accuracy"] for r in these),
                           held_out_accuracies=[r["held_out_accuracy"] for r in these]))
 reached = {f"{percent:.1f}": next((s for s in schedules if 100 * s["mean_held_out_accuracy"] >= percent), None)
@@ -85,8 +86,8 @@ for s in schedules:
     print(f"{s['epochs']:>6} {s['median_training_seconds']:>13.1f} {100 * s['mean_held_out_accuracy']:>17.2f}%   "
           + " ".join(f"{100 * a:.2f}%" for a in s["held_out_accuracies"]))
 for key, schedule in reached.items():
-    print(f"time to {key}%: " + (f"{schedule['median_training_seconds']:.1f} s of training ({schedule['epochs']} epochs)"
-                                 if schedule else f"not reached in {SCHEDULES[-1]} epochs"))
+    reached_in = schedule and f"{schedule['median_training_seconds']:.1f} s of training ({schedule['epochs']} epochs)"
+    print(f"time to {key}%: " + (reached_in or f"not reached in {SCHEDULES[-1]} epochs"))
 
 results = dict(
     settings=dict(epochs=SCHEDULES, seeds=seeds, seed=seed, rows=len(images), quick=quick,
