@@ -56,7 +56,7 @@ def test_tensorflow_diagnostics_show_when_asked_for(tmp_path):
 def test_prints_one_line_per_epoch_and_a_summary(finished_run):
     _, stdout = finished_run
     assert "epoch   1/1" in stdout
-    assert "validation accuracy (best epoch, 1 of 1):" in stdout
+    assert "validation accuracy (best epoch, 1 of 1) with test-time augmentation:" in stdout
     assert "submission: submission.csv" in stdout
 
 
@@ -110,7 +110,8 @@ def test_show_incorrect_lists_every_misclassified_validation_digit(finished_run)
     import re
     _, stdout = finished_run
     n_validation = int(re.search(r"(\d+) validation digits", stdout).group(1))
-    accuracy = float(re.search(r"validation accuracy \(best epoch, 1 of 1\): ([\d.]+)%", stdout).group(1))
+    line = re.search(r"validation accuracy \(best epoch, 1 of 1\) with test-time augmentation: ([\d.]+)%", stdout)
+    accuracy = float(line.group(1))
     listed = re.findall(r"validation digit \d+: true (\d), predicted (\d)", stdout)
     assert len(listed) == round(n_validation * (1 - accuracy / 100))
     assert all(true != predicted for true, predicted in listed)
