@@ -1,6 +1,8 @@
-"""What TensorFlow runs on: starting it without its noise, and spreading training over the devices.
+"""What TensorFlow runs on: starting it without its noise, the precision its layers compute in, and spreading
+training over the devices.
 
     tf = devices.import_tensorflow()           # before anything else imports tensorflow
+    dtype = devices.compute_dtype(mixed_precision=True)
     strategy = devices.distribution_strategy("GPU:0,GPU:1")
 """
 import os
@@ -35,6 +37,28 @@ def import_tensorflow():
         import tensorflow as tf
         tf.config.list_physical_devices()  # where CUDA is looked for, and its absence logged
     return tf
+
+
+def has_bfloat16_units():
+    """Whether this CPU multiplies bfloat16 numbers in hardware (x86's AMX or AVX512-BF16, Arm's BF16), as Linux's
+    /proc/cpuinfo lists its features; False where there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            features = set(cpuinfo.read().split())
+    except OSError:
+        return False
+    return bool(features & {"amx_bf16", "avx512_bf16", "bf16"})
+
+
+def compute_dtype(mixed_precision):
+    """What the layers compute in (the weights stay float32): float32 without mixed precision; with it, float16 on
+    a GPU (its tensor cores), bfloat16 on a CPU with bfloat16 units, and float32 on any other CPU, which would
+    emulate bfloat16 more slowly than it computes float32."""
+    if not mixed_precision:
+        return "float32"
+    if import_tensorflow().config.list_physical_devices("GPU"):
+        return "float16"
+    return "bfloat16" if has_bfloat16_units() else "float32"
 
 
 def distribution_strategy(devices):

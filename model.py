@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 import tensorflow as tf
 
 from data import DataError
-from tools import batch_norm_variables, batch_normalize, dropout
+from tools import batch_norm_variables, batch_normalize, dropout, random_generator
 from train import OPTIMIZERS, Recipe
 
 N_CLASSES = 10
@@ -67,7 +67,7 @@ class DigitNet(tf.Module):
 
     def __init__(self, dropout_rate=0.25, seed=0, widths=(32, 64, 128), dense_units=128):
         super().__init__()
-        rng = tf.random.Generator.from_seed(seed)
+        rng = random_generator(seed)
         w1, w2, w3 = widths
         self.dropout_rate = dropout_rate
         self.conv1, self.bn1 = conv_kernel(rng, 5, 1, w1), batch_norm_variables(w1)
@@ -139,7 +139,7 @@ class MLP(tf.Module):
 
     def __init__(self, hidden_units=(512, 256), dropout_rate=0.0, seed=0, input_size=28):
         super().__init__()
-        rng = tf.random.Generator.from_seed(seed)
+        rng = random_generator(seed)
         n_pixels, (h1, h2) = input_size * input_size, hidden_units
         self.dropout_rate = dropout_rate
         self.fc1 = with_bias(he_normal(rng, [n_pixels, h1], n_pixels))
@@ -163,7 +163,7 @@ class CNNSmall(tf.Module):
 
     def __init__(self, dropout_rate=0.5, seed=0, input_size=28):
         super().__init__()
-        rng = tf.random.Generator.from_seed(seed)
+        rng = random_generator(seed)
         side = ((input_size - 2) // 2 - 2) // 2
         self.dropout_rate = dropout_rate
         self.conv1 = with_bias(conv_kernel(rng, 3, 1, 32))
@@ -188,7 +188,7 @@ class CNNKerasExample(tf.Module):
 
     def __init__(self, dropout_rate=0.5, conv_dropout_rate=0.25, seed=0, input_size=28):
         super().__init__()
-        rng = tf.random.Generator.from_seed(seed)
+        rng = random_generator(seed)
         side = (input_size - 4) // 2
         self.dropout_rate, self.conv_dropout_rate = dropout_rate, conv_dropout_rate
         self.conv1 = with_bias(conv_kernel(rng, 3, 1, 32))
@@ -215,7 +215,7 @@ class CNNBNDeep(tf.Module):
 
     def __init__(self, dropout_rate=0.2, seed=0, input_size=28):
         super().__init__()
-        rng = tf.random.Generator.from_seed(seed)
+        rng = random_generator(seed)
         n_flat = (input_size // 4) ** 2 * 64
         self.dropout_rate = dropout_rate
         self.conv1, self.bn1 = conv_kernel(rng, 3, 1, 32), batch_norm_variables(32)
@@ -248,7 +248,7 @@ class CNNTuned(tf.Module):
 
     def __init__(self, dropout_rate=0.5, seed=0, input_size=28):
         super().__init__()
-        rng = tf.random.Generator.from_seed(seed)
+        rng = random_generator(seed)
         n_flat = (input_size // 8) ** 2 * 32
 
         def conv(size, n_in, n_out):
@@ -289,7 +289,7 @@ class TunedCNN(tf.Module):
 
     def __init__(self, filters, kernel_sizes, units, dropout_rate, seed=0):
         super().__init__()
-        rng = tf.random.Generator.from_seed(seed)
+        rng = random_generator(seed)
         self.dropout_rate = dropout_rate
         channels_in = [1, *filters[:-1]]
         self.conv_kernels = [conv_kernel(rng, size, n_in, n_out)

@@ -1,5 +1,5 @@
-"""The from-scratch building blocks: batch norm, dropout, augmentation (affine and elastic), optimisers, a moving
-average of the weights, the learning-rate schedule.
+"""The from-scratch building blocks: random streams, batch norm, dropout, augmentation (affine and elastic),
+optimisers, a moving average of the weights, the learning-rate schedule.
 
 Plain TensorFlow ops on tf.Variables, no Keras. Each piece matches the library's own to float32 precision;
 tests/test_tools.py holds them side by side.
@@ -8,6 +8,21 @@ import contextlib
 import math
 
 import tensorflow as tf
+
+INITIAL_WEIGHTS, TRAINING_DRAWS = 0, 1  # random_generator's streams: a network's weights; augmentation and dropout
+
+# ---------------------------------------------------------------------------------------------------------
+# random streams
+
+
+def random_generator(seed: int, stream: int = INITIAL_WEIGHTS) -> tf.random.Generator:
+    """A Philox generator whose draws no other (seed, stream) shares: the seed is Philox's key, the stream the
+    high word of its 128-bit counter. tf.random.Generator.from_seed(s) puts s in the counter with key 0 instead,
+    so from_seed(s + 1) is from_seed(s)'s sequence 4 numbers on: ensemble members seeded s, s + 1, ... drew almost
+    the same initial weights, augmentation and dropout, and a network's weights the same numbers as its
+    augmentation."""
+    return tf.random.Generator.from_key_counter(key=seed, counter=[0, stream], alg="philox")
+
 
 # ---------------------------------------------------------------------------------------------------------
 # batch normalisation

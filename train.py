@@ -21,8 +21,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tools import (Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer, Nadam, data_augmentation,
-                   one_cycle_learning_rate)
+from tools import (TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer, Nadam,
+                   data_augmentation, one_cycle_learning_rate, random_generator)
 
 EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
@@ -196,7 +196,7 @@ class Training:
             self.optimizer = OPTIMIZERS[recipe.optimizer](model.trainable_variables, learning_rate=recipe.learning_rate)
             if options.compute_dtype == "float16":  # float16's narrow range needs the loss scaled
                 self.optimizer = LossScaleOptimizer(self.optimizer)
-            self.rng = tf.random.Generator.from_seed(seed)
+            self.rng = random_generator(seed, TRAINING_DRAWS)
             # the averages are what is evaluated, kept as the best epoch and exported; the weights train on
             self.ema = (ExponentialMovingAverage(model.trainable_variables, recipe.ema_decay) if recipe.ema_decay
                         else None)

@@ -1,7 +1,8 @@
 """Devices and precision. Several devices (run.py --devices): tf.distribute.MirroredStrategy over two logical
 CPUs computes what one device computes on the same global batch; TensorFlow fixes its devices when it starts, so
 the two-device cases run in fresh interpreters (tests/two_devices.py, and run.py itself). Mixed precision
-(run.py --mixed_precision): the layers compute in float16 or bfloat16 and train as float32 does."""
+(run.py's default): the layers compute in float16 or bfloat16 where the hardware has units for them, and train as
+float32 does."""
 import contextlib
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 import data
+import devices
 import train
 from conftest import run_py, train_with, write_rows
 from model import build_model
@@ -174,10 +176,23 @@ def test_mixed_precision_trains_float32_weights_to_nearly_the_float32_losses(rea
     assert losses[-1] < losses[0] - 0.5
 
 
-def test_run_py_with_mixed_precision_computes_in_bfloat16_without_a_gpu(tmp_path):
+@pytest.mark.parametrize("units, dtype", [(True, "bfloat16"), (False, "float32")])
+def test_mixed_precision_on_a_cpu_computes_in_bfloat16_only_where_it_has_bfloat16_units(monkeypatch, units, dtype):
+    monkeypatch.setattr(devices, "has_bfloat16_units", lambda: units)
+    assert devices.compute_dtype(mixed_precision=True) == dtype
+
+
+def test_without_mixed_precision_the_layers_compute_in_float32(monkeypatch):
+    monkeypatch.setattr(devices, "has_bfloat16_units", lambda: True)
+    assert devices.compute_dtype(mixed_precision=False) == "float32"
+
+
+@pytest.mark.parametrize("flag", ["--mixed_precision", "--no-mixed_precision"])
+def test_run_py_says_when_its_layers_compute_in_bfloat16(tmp_path, flag):
     write_rows("train", 200, tmp_path / "train.csv")
     write_rows("test", 10, tmp_path / "test.csv")
-    finished = run_py(["--mixed_precision", "--max_n_epochs", "1"], tmp_path)
+    finished = run_py([flag, "--max_n_epochs", "1"], tmp_path)
     assert finished.returncode == 0, finished.stderr
-    assert "mixed precision: the layers compute in bfloat16, the weights stay float32" in finished.stdout
+    in_bfloat16 = flag == "--mixed_precision" and devices.has_bfloat16_units()  # (no GPU here)
+    assert ("mixed precision: the layers compute in bfloat16, the weights stay float32" in finished.stdout) == in_bfloat16
     assert (tmp_path / "submission.csv").exists()

@@ -109,6 +109,14 @@ def test_parameter_count_is_the_architectures(name):
     assert count_parameters(build_model(name)) == PARAMETERS[name]
 
 
+def test_networks_of_neighbouring_seeds_start_from_unrelated_weights():
+    """Ensemble members are seeded seed, seed + 1, ...: they must not draw the same numbers (Generator.from_seed
+    did, four numbers apart)."""
+    first, second = (np.concatenate([v.numpy().ravel() for v in DigitNet(seed=seed).trainable_variables])
+                     for seed in (42, 43))
+    assert np.isin(first, second).mean() < 0.01  # zeros (biases, offsets) and ones (scales) are shared: < 0.1%
+
+
 def test_describe_models_gives_each_model_its_parameters_and_forward_flops():
     assert describe_models() == [(name, PARAMETERS[name], FLOPS[name]) for name in MODELS]
 

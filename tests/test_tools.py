@@ -11,9 +11,10 @@ import scipy.ndimage
 import tensorflow as tf
 
 import data
-from tools import (Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer, Nadam, affine_transform,
-                   batch_norm_variables, batch_normalize, data_augmentation, displace, dropout, gaussian_smooth,
-                   one_cycle_learning_rate, random_augmentation_matrices, random_displacement_fields)
+from tools import (INITIAL_WEIGHTS, TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer,
+                   Nadam, affine_transform, batch_norm_variables, batch_normalize, data_augmentation, displace,
+                   dropout, gaussian_smooth, one_cycle_learning_rate, random_augmentation_matrices,
+                   random_displacement_fields, random_generator)
 from train import cross_entropy
 
 TRAIN_CSV = Path(__file__).resolve().parents[1] / "digit-recognizer" / "train.csv.gz"
@@ -160,6 +161,19 @@ def test_batch_normalize_inference_leaves_the_moving_statistics_alone(activation
     bn, _ = bn_pair(activations.shape)
     batch_normalize(activations, bn, training=False)
     assert np.all(bn["moving_mean"].numpy() == 0) and np.all(bn["moving_variance"].numpy() == 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# random streams
+
+
+def test_a_network_s_weights_and_its_training_draws_share_no_numbers():
+    weights, draws = (random_generator(42, stream).normal([10000]).numpy() for stream in (INITIAL_WEIGHTS, TRAINING_DRAWS))
+    assert not np.isin(weights, draws).any()
+
+
+def test_a_seed_gives_the_same_draws_every_time():
+    np.testing.assert_array_equal(random_generator(7).normal([100]), random_generator(7).normal([100]))
 
 
 # ---------------------------------------------------------------------------------------------------------
