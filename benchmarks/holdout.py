@@ -2,6 +2,7 @@
 
     python benchmarks/holdout.py                          # folds 1-3 of 5, each one whole run.py (~3-6 min here)
     python benchmarks/holdout.py --run_folds 5            # all five
+    python benchmarks/holdout.py --first_fold 4 --run_folds 2    # folds 4 and 5: digits no recipe was chosen on
     python benchmarks/holdout.py --tag ensemble3 -- --ensemble 3    # run.py's flags after --, to run.py unchanged
     python benchmarks/holdout.py --rows 600 --run_folds 1 -- --max_n_epochs 1   # a smoke run; numbers mean nothing
 
@@ -25,7 +26,8 @@ with --rows, *_quick.json, so that a smoke run never overwrites a measurement).
 """
 # ---- settings: each is also a flag, e.g. --run_folds 5 ----
 n_folds = 5              # train.csv is dealt into this many folds (5: 8,400 digits each)
-run_folds = 3            # how many of them to run, from the first; each is one whole run.py
+run_folds = 3            # how many of them to run; each is one whole run.py
+first_fold = 1           # the first of them to run (the recipes were chosen on folds 1-3: 4 and 5 took no part)
 fold_seed = 0            # the shuffle within each digit class before dealing (run.py's own --seed passes through)
 rows = 0                 # only the first rows of train.csv (0: all 42,000): for a smoke run
 train = ""               # the train.csv to deal into folds; default: where run.py would find it
@@ -68,6 +70,9 @@ def parse_settings(argv):
         parser.error(f"--n_folds {settings.n_folds}: must be at least 2")
     if not 1 <= settings.run_folds <= settings.n_folds:
         parser.error(f"--run_folds {settings.run_folds}: must be in 1..--n_folds ({settings.n_folds})")
+    if not 1 <= settings.first_fold <= settings.n_folds - settings.run_folds + 1:
+        parser.error(f"--first_fold {settings.first_fold}: must be in 1..{settings.n_folds - settings.run_folds + 1}, "
+                     f"so that --run_folds {settings.run_folds} folds are left of --n_folds {settings.n_folds}")
     if settings.rows and settings.rows < settings.n_folds:
         parser.error(f"--rows {settings.rows}: must be at least --n_folds ({settings.n_folds})")
     for arg in run_py_args:
@@ -218,10 +223,11 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     all_folds = stratified_folds(labels, settings.n_folds, settings.fold_seed)
+    chosen = range(settings.first_fold, settings.first_fold + settings.run_folds)
     print(f"{len(labels):,} digits of {train_path} dealt into {settings.n_folds} folds; running "
-          f"{settings.run_folds}: python run.py {' '.join(run_py_args)}", flush=True)
+          f"{', '.join(map(str, chosen))}: python run.py {' '.join(run_py_args)}", flush=True)
     folds = []
-    for fold in range(1, settings.run_folds + 1):
+    for fold in chosen:
         try:
             folds.append(run_fold(fold, images, labels, all_folds[fold - 1], run_py_args))
         except RuntimeError as error:
@@ -238,7 +244,8 @@ def main(argv=None):
     name = "holdout" + (f"_{settings.tag}" if settings.tag else "") + ("_quick" if settings.rows else "")
     path = REPO / (settings.out or f"benchmarks/results/{name}.json")
     write_json(path, dict(
-        settings=dict(n_folds=settings.n_folds, run_folds=settings.run_folds, fold_seed=settings.fold_seed,
+        settings=dict(n_folds=settings.n_folds, run_folds=settings.run_folds, first_fold=settings.first_fold,
+                      fold_seed=settings.fold_seed,
                       rows=len(labels), train=str(train_path), run_py_args=run_py_args, tag=settings.tag),
         machine=dict(cores=len(os.sched_getaffinity(0)), load_average_at_start=load_at_start,
                      python=sys.version.split()[0]),

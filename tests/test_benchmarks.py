@@ -120,6 +120,12 @@ def test_holdout_passes_unknown_flags_and_all_after_the_separator_to_run_py():
     assert run_py_args == ["--ensemble", "3", "--rows", "9"]
 
 
+def test_holdout_refuses_more_folds_than_are_left_after_the_first(capsys):
+    with pytest.raises(SystemExit) as stop:
+        holdout.parse_settings(["--first_fold", "4", "--run_folds", "3"])
+    assert stop.value.code == 2 and "--first_fold 4" in capsys.readouterr().err
+
+
 def test_holdout_refuses_to_pass_run_py_a_test_file_of_its_own(capsys):
     with pytest.raises(SystemExit) as stop:
         holdout.parse_settings(["--", "--test", "mine.csv"])
@@ -135,15 +141,16 @@ def repo_outputs():
 
 def test_holdout_smoke_run_prints_its_table_writes_its_json_and_leaves_the_repo_alone(tmp_path):
     before, out = repo_outputs(), tmp_path / "holdout.json"
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "holdout.py"), "--rows", "600", "--run_folds",
-                             "1", "--out", str(out), "--", "--max_n_epochs", "1", "--percent_data_for_training", "90"],
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "holdout.py"), "--rows", "600", "--first_fold",
+                             "2", "--run_folds", "1", "--out", str(out), "--", "--max_n_epochs", "1",
+                             "--percent_data_for_training", "90"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert [cell.strip() for cell in table[0].strip("|").split("|")] == [
         "fold", "digits", "held-out accuracy", "errors", "validation (best epoch)", "epoch", "run.py wall (s)",
         "peak RSS (MB)"]
-    assert table[1].split("|")[1:3] == [" 1 ", " 120 "] and table[2].startswith("| mean ± std |")
+    assert table[1].split("|")[1:3] == [" 2 ", " 120 "] and table[2].startswith("| mean ± std |")
 
     results = json.loads(out.read_text())
     assert results["settings"]["run_py_args"] == ["--max_n_epochs", "1", "--percent_data_for_training", "90"]
