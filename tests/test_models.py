@@ -72,8 +72,8 @@ def test_training_recipe_lays_overrides_over_the_recipe_and_its_augmentation():
 
 
 def test_training_recipe_with_every_augmentation_range_zero_has_no_augmentation():
-    assert training_recipe("digitnet", max_rotation_degrees=0, max_shift_fraction=0,
-                           max_zoom_fraction=0).augmentation is None
+    assert training_recipe("digitnet", max_rotation_degrees=0, max_shift_fraction=0, max_zoom_fraction=0,
+                           elastic_alpha=0).augmentation is None
 
 
 def test_build_model_keeps_the_networks_own_dropout_unless_given_one():
