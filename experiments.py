@@ -28,7 +28,7 @@ import os
 import sys
 import time
 
-from devices import import_tensorflow
+from devices import compute_dtype, import_tensorflow
 
 import_tensorflow()
 logging.getLogger("tensorflow").setLevel(logging.ERROR)  # every fit traces its own step function, by design
@@ -57,7 +57,8 @@ def fit(name, split, settings, seed, input_size=None, **overrides):
     model = build_model(name, seed=seed, **architecture)
     if settings.max_n_epochs:
         overrides.setdefault("max_n_epochs", min(settings.max_n_epochs, MODELS[name].recipe.max_n_epochs))
-    history = train(model, split, training_recipe(name, **overrides), seed, RunOptions(verbose=False))
+    history = train(model, split, training_recipe(name, **overrides), seed,
+                    RunOptions(compute_dtype=compute_dtype(mixed_precision=True), verbose=False))  # as run.py
     best = best_epoch(history)
     print(f"  {name} (seed {seed}): validation {100 * best['val_accuracy']:.2f}% at epoch {best['epoch']} "
           f"of {len(history)}, {seconds_per_epoch(history):.1f}s per epoch", flush=True)

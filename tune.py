@@ -49,7 +49,7 @@ import sys
 import time
 from collections import Counter
 
-from devices import import_tensorflow
+from devices import compute_dtype, import_tensorflow
 
 tf = import_tensorflow()
 import numpy as np
@@ -138,7 +138,9 @@ def run_trial(trial, digits, config, deadline):
             stop.append("out of time")
         return bool(stop)
 
-    history = train.train(network, digits, recipe, config.seed, train.RunOptions(after_step=after_step, verbose=False))
+    options = train.RunOptions(after_step=after_step, compute_dtype=compute_dtype(mixed_precision=True),  # as run.py
+                               verbose=False)
+    history = train.train(network, digits, recipe, config.seed, options)
     if stop:
         raise optuna.TrialPruned()
     return max(record["val_accuracy"] for record in history)
