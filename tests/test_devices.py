@@ -194,5 +194,6 @@ def test_run_py_says_when_its_layers_compute_in_bfloat16(tmp_path, flag):
     finished = run_py([flag, "--max_n_epochs", "1"], tmp_path)
     assert finished.returncode == 0, finished.stderr
     in_bfloat16 = flag == "--mixed_precision" and devices.has_bfloat16_units()  # (no GPU here)
-    assert ("mixed precision: the layers compute in bfloat16, the weights stay float32" in finished.stdout) == in_bfloat16
+    said = "mixed precision: the layers compute in bfloat16, the weights stay float32" in finished.stdout
+    assert said == in_bfloat16
     assert (tmp_path / "submission.csv").exists()

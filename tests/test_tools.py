@@ -168,7 +168,8 @@ def test_batch_normalize_inference_leaves_the_moving_statistics_alone(activation
 
 
 def test_a_network_s_weights_and_its_training_draws_share_no_numbers():
-    weights, draws = (random_generator(42, stream).normal([10000]).numpy() for stream in (INITIAL_WEIGHTS, TRAINING_DRAWS))
+    weights, draws = (random_generator(42, stream).normal([10000]).numpy()
+                      for stream in (INITIAL_WEIGHTS, TRAINING_DRAWS))
     assert not np.isin(weights, draws).any()
 
 
