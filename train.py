@@ -22,18 +22,20 @@ import numpy as np
 import tensorflow as tf
 
 from tools import (TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer, Nadam,
-                   data_augmentation, one_cycle_learning_rate, random_generator)
+                   data_augmentation, one_cycle_learning_rate, outliers_from_digits, random_generator)
 
 EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
 SCHEDULES = ("one_cycle", "constant", "plateau")
+OUTLIER, UNUSED_OUTLIER = -1, -2  # the labels of a batch's outliers (outlier_exposure), usable or not
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How a network is trained: everything but the data, the seed and where the outputs go.
     Each network's own recipe is in model.MODELS."""
-    max_n_epochs: int             # the one-cycle schedule spans this many; early stopping may end sooner
+    max_n_epochs: int | float     # the one-cycle schedule spans this many; early stopping may end sooner. A
+                                  # fraction ends the last epoch early (time_to_accuracy's short schedules)
     patience: int                 # epochs without a better validation accuracy before stopping
     batch_size: int
     learning_rate: float          # the schedule's peak (one_cycle) or its start (constant, plateau)
@@ -46,6 +48,9 @@ class Recipe:
     class_weights: object = None  # per-class loss weights [10], "balanced" (from the training labels), or None
     weight_penalty: tuple | None = None  # (l1, l2) for kernel_penalty, added to the loss
     ema_decay: float = 0.0        # > 0: evaluate and keep an exponential moving average of the weights; 0: off
+    outlier_exposure: float = 0.0  # > 0: each batch also holds an eighth as many pictures made from its digits that
+                                  # are no digit (tools.outliers_from_digits), their loss (uniform_cross_entropy)
+                                  # weighted by this: the network learns to be unsure of what is no digit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +81,12 @@ def cross_entropy(logits, labels, label_smoothing=0.0, class_weights=None, globa
     if global_batch_size is None:
         return tf.reduce_mean(losses)
     return tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
+
+
+def uniform_cross_entropy(logits):
+    """Per picture, the cross-entropy of softmax(logits) against uniform targets (outlier exposure's loss):
+    -(1/K) sum_k log p_k = logsumexp(z) - mean_k z_k, least (log K) when all K classes are equally likely."""
+    return tf.reduce_logsumexp(logits, axis=-1) - tf.reduce_mean(logits, axis=-1)
 
 
 def balanced_class_weights(labels, n_classes=10):
@@ -187,6 +198,7 @@ class Training:
         train_images, train_labels, self.val_images, self.val_labels = split
         self.n_train = len(train_images)
         self.steps_per_epoch = math.ceil(self.n_train / recipe.batch_size)
+        self.total_steps = math.ceil(self.steps_per_epoch * recipe.max_n_epochs)
         self.images, self.labels = tf.constant(train_images), tf.constant(train_labels)
         class_weights = recipe.class_weights
         if isinstance(class_weights, str) and class_weights == "balanced":
@@ -216,14 +228,24 @@ class Training:
         sums over the replicas are the global batch's) and of the count of correct answers."""
         n_replicas, compute_dtype = self.strategy.num_replicas_in_sync, self.options.compute_dtype
         global_batch_size = tf.shape(batch_labels)[0]
+        n_digits = tf.reduce_sum(tf.cast(batch_labels >= 0, tf.int32))  # of the global batch, as the losses' means
+        n_outliers = tf.reduce_sum(tf.cast(batch_labels == OUTLIER, tf.float32))
         share = (global_batch_size + n_replicas - 1) // n_replicas
         start = tf.distribute.get_replica_context().replica_id_in_sync_group * share
         batch_images, batch_labels = batch_images[start:start + share], batch_labels[start:start + share]
         with tf.GradientTape() as tape:
             # dropout: each replica its own random stream. The loss is float32 whatever the layers compute in.
             logits = tf.cast(self.model(tf.cast(batch_images, compute_dtype), training=True, rng=self.rng), tf.float32)
-            loss = cross_entropy(logits, batch_labels, self.recipe.label_smoothing, self.class_weights,
-                                 global_batch_size)
+            if self.recipe.outlier_exposure:
+                digits = batch_labels >= 0
+                loss = cross_entropy(tf.boolean_mask(logits, digits), tf.boolean_mask(batch_labels, digits),
+                                     self.recipe.label_smoothing, self.class_weights, n_digits)
+                outliers = tf.cast(batch_labels == OUTLIER, tf.float32)
+                loss += (self.recipe.outlier_exposure * tf.reduce_sum(outliers * uniform_cross_entropy(logits))
+                         / tf.maximum(n_outliers, 1.0))
+            else:
+                loss = cross_entropy(logits, batch_labels, self.recipe.label_smoothing, self.class_weights,
+                                     global_batch_size)
             if self.recipe.weight_penalty:  # counted once over the replicas, not once on each
                 penalty = kernel_penalty(self.model.trainable_variables, *self.recipe.weight_penalty)
                 loss += tf.nn.scale_regularization_loss(penalty)
@@ -238,13 +260,17 @@ class Training:
         batch_labels = tf.gather(self.labels, batch_indices)
         if self.recipe.augmentation:  # on the global batch: its random draws do not depend on the replica count
             batch_images = data_augmentation(batch_images, self.rng, **self.recipe.augmentation)
+        if self.recipe.outlier_exposure:  # made from the augmented digits, so they vary as the digits do
+            n_outliers = tf.shape(batch_labels)[0] // 8
+            outliers, usable = outliers_from_digits(batch_images[:n_outliers], batch_labels[:n_outliers], self.rng)
+            batch_images = tf.concat([batch_images, outliers], axis=0)
+            batch_labels = tf.concat([batch_labels, tf.where(usable, OUTLIER, UNUSED_OUTLIER)], axis=0)
         loss, gradients, correct = self.strategy.run(self.replica_step, args=(batch_images, batch_labels))
         loss, correct, *gradients = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                                      for value in [loss, correct, *gradients]]
         if self.recipe.schedule == "one_cycle":
-            total_steps = self.steps_per_epoch * self.recipe.max_n_epochs
             self.optimizer.learning_rate.assign(
-                one_cycle_learning_rate(self.optimizer.iterations, total_steps, self.recipe.learning_rate))
+                one_cycle_learning_rate(self.optimizer.iterations, self.total_steps, self.recipe.learning_rate))
         self.optimizer.apply_gradients(gradients)  # once, on the summed gradients: every replica's copy moves alike
         # (for float16, LossScaleOptimizer unscales them, or skips the step if they overflowed)
         if self.ema:
@@ -255,7 +281,7 @@ class Training:
 
     def run(self):
         with StopRequests() as stop:
-            for epoch in range(self.progress["epochs_done"] + 1, self.recipe.max_n_epochs + 1):
+            for epoch in range(self.progress["epochs_done"] + 1, math.ceil(self.recipe.max_n_epochs) + 1):
                 if self.patience_ran_out():
                     break  # an early-stopped run, resumed: nothing left to do
                 started = time.time()
@@ -276,9 +302,10 @@ class Training:
         """The epoch's remaining steps, in the epoch's own order. -> False if after_step ended training."""
         order = np.random.default_rng([self.seed, epoch]).permutation(self.n_train).astype(np.int32)
         batch_size, progress = self.recipe.batch_size, self.progress
-        bar = ProgressBar(self.steps_per_epoch, enabled=self.options.verbose)
+        steps = min(self.steps_per_epoch, self.total_steps - (epoch - 1) * self.steps_per_epoch)
+        bar = ProgressBar(steps, enabled=self.options.verbose)
         try:
-            for step in range(progress["steps_done"], self.steps_per_epoch):
+            for step in range(progress["steps_done"], steps):
                 step_started = time.time()
                 batch_indices = order[step * batch_size:(step + 1) * batch_size]
                 loss, correct = self.step(batch_indices)
@@ -296,10 +323,10 @@ class Training:
                 after_step = self.options.after_step
                 if after_step and after_step((epoch - 1) * self.steps_per_epoch + step + 1, self.training_seconds):
                     return False
-                if stop.requested and step + 1 < self.steps_per_epoch:
+                if stop.requested and step + 1 < steps:
                     self.save("latest")
                     raise TrainingInterrupted(f"{stop.requested} at epoch {epoch}, step {step + 1} of "
-                                              f"{self.steps_per_epoch}" + self.saved_in())
+                                              f"{steps}" + self.saved_in())
         finally:
             bar.close()
         return True
@@ -307,17 +334,18 @@ class Training:
     def end_epoch(self, epoch, seconds):
         """Evaluate, log, adjust a plateau schedule, keep the weights if this is the best epoch, save."""
         progress = self.progress
+        n_seen = min(progress["steps_done"] * self.recipe.batch_size, self.n_train)  # fewer in a fraction of one
         with self.averaged_weights():
             val_loss, val_accuracy = (evaluate(self.model, self.val_images, self.val_labels) if len(self.val_labels)
                                       else (math.nan, math.nan))
-        record = dict(epoch=epoch, train_loss=progress["loss_sum"] / self.n_train,
-                      train_accuracy=progress["correct_sum"] / self.n_train, val_loss=val_loss,
+        record = dict(epoch=epoch, train_loss=progress["loss_sum"] / n_seen,
+                      train_accuracy=progress["correct_sum"] / n_seen, val_loss=val_loss,
                       val_accuracy=val_accuracy, learning_rate=float(self.optimizer.learning_rate.numpy()),
                       seconds=seconds)
         progress["history"].append(record)
         progress.update(epochs_done=epoch, steps_done=0, loss_sum=0.0, correct_sum=0.0)
         validation = f"val loss {val_loss:.4f} acc {100 * val_accuracy:.2f}%  " if len(self.val_labels) else ""
-        self.say(f"epoch {epoch:3d}/{self.recipe.max_n_epochs}  train loss {record['train_loss']:.4f} "
+        self.say(f"epoch {epoch:3d}/{math.ceil(self.recipe.max_n_epochs)}  train loss {record['train_loss']:.4f} "
                  f"acc {100 * record['train_accuracy']:.2f}%  {validation}lr {record['learning_rate']:.2e}  {seconds:.1f}s")
         if self.writers:
             log_epoch(self.writers, self.model, record)

@@ -11,7 +11,9 @@ import tensorflow as tf
 import train
 from conftest import train_with
 from model import MODELS, DigitNet, build_model, count_parameters, describe_models, training_recipe
-from train import OPTIMIZERS, Plateau, balanced_class_weights, cross_entropy, kernel_penalty, named_variables
+from tools import TRAINING_DRAWS, one_cycle_learning_rate, outliers_from_digits, random_generator
+from train import (OPTIMIZERS, Plateau, balanced_class_weights, cross_entropy, kernel_penalty, named_variables,
+                   uniform_cross_entropy)
 
 # Trainable parameters, layer by layer: kernel (+ bias), or kernel + batch norm's scale and offset.
 PARAMETERS = {
@@ -218,12 +220,37 @@ def test_train_adds_the_weight_penalty_to_its_loss(digits):
     assert penalised - plain == pytest.approx(penalty, rel=1e-4)
 
 
+def test_train_with_outlier_exposure_adds_the_weighted_uniform_loss_of_the_batch_s_usable_outliers(digits):
+    images, labels = digits[0][:128], digits[1][:128]
+    batch = np.random.default_rng([0, 1]).permutation(128)  # train's order for seed 0, epoch 1
+    first = batch[:128 // 8]  # an eighth of the batch, its first digits, made into outliers
+    outliers, usable = outliers_from_digits(tf.constant(images[first]), tf.constant(labels[first]),
+                                            random_generator(0, TRAINING_DRAWS))
+    assert 0 < int(tf.reduce_sum(tf.cast(usable, tf.int32))) < 16
+    logits = build_model("mlp", seed=3)(tf.boolean_mask(outliers, usable))
+    expected = 0.5 * float(tf.reduce_mean(uniform_cross_entropy(logits)))
+    exposed = one_step_training_loss(digits, outlier_exposure=0.5)
+    assert exposed - one_step_training_loss(digits) == pytest.approx(expected, rel=1e-4)
+
+
 def test_train_with_balanced_class_weights_weighs_each_digits_loss(digits):
     images, labels = digits[0][:128], digits[1][:128]
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, build_model("mlp", seed=3)(images)).numpy()
     expected = np.mean(balanced_class_weights(labels)[labels] * losses)
     assert one_step_training_loss(digits, class_weights="balanced") == pytest.approx(expected, rel=1e-5)
     assert abs(expected - np.mean(losses)) > 1e-3
+
+
+def test_a_schedule_of_a_fraction_of_an_epoch_ends_partway_through_its_last_epoch(digits):
+    images, labels = digits  # 256 digits in batches of 64: 4 steps an epoch
+    steps = []
+    recipe = train.Recipe(max_n_epochs=1.5, patience=2, batch_size=64, learning_rate=3e-3, schedule="one_cycle")
+    training = train.Training(build_model("mlp", seed=3), (images, labels, images[:0], labels[:0]), recipe, 0,
+                              train.RunOptions(verbose=False, after_step=lambda step, seconds: steps.append(step)))
+    history = training.run()
+    assert steps == [1, 2, 3, 4, 5, 6] and [record["epoch"] for record in history] == [1, 2]
+    # the one-cycle schedule spans the 6 steps: the last step's rate is its step 5 of 6
+    assert float(training.optimizer.learning_rate) == pytest.approx(float(one_cycle_learning_rate(5, 6, 3e-3)))
 
 
 def test_train_with_ema_keeps_the_moving_average_of_the_weights_not_the_weights(digits):
