@@ -23,8 +23,6 @@ max_zoom_fraction: float = None     # augmentation: zoom it in or out by up to t
 elastic_alpha: float = None      # augmentation: elastic distortion's strength in pixels (Simard 2003); 0: none
 elastic_sigma: float = None      # augmentation: the smoothness of its random field, in pixels
 ema_decay: float = None          # evaluate and keep a moving average of the weights with this decay; 0: off
-outlier_exposure: float = None   # the weight of learning "no digit" on pictures made from digits that are none
-                                 # (mirrored, turned, cut and joined, overlaid); 0: off
 # The run.
 # 100: every digit trains and the whole schedule runs (no early stopping); below 100 the rest of train.csv is a
 # validation split that picks the epoch and feeds the report. benchmarks/holdout.py, folds 1 and 2: 99.49% and
@@ -66,7 +64,7 @@ VALID_RANGES = {  # name: (lowest, highest, what the error message says)
     "max_rotation_degrees": (0, 180, "in [0, 180]"), "max_shift_fraction": (0, 1, "in [0, 1]"),
     "max_zoom_fraction": (0, 0.9, "in [0, 0.9]"), "percent_data_for_training": (1, 100, "in [1, 100]"),
     "elastic_alpha": (0, 100, "in [0, 100]"), "elastic_sigma": (0.5, 20, "in [0.5, 20]"),
-    "ema_decay": (0, 0.99999, "in [0, 1)"), "outlier_exposure": (0, 10, "in [0, 10]"),
+    "ema_decay": (0, 0.99999, "in [0, 1)"),
     "ensemble": (1, INF, "at least 1"),
 }
 MODEL_DIR, LOG_DIR, RESOURCES_DIR, SUBMISSION = "model", "tf_logs", "resources", "submission.csv"

@@ -1,5 +1,5 @@
 """The from-scratch building blocks: random streams, batch norm, dropout, augmentation (affine and elastic),
-outliers made from digits, optimisers, a moving average of the weights, the learning-rate schedule.
+optimisers, a moving average of the weights, the learning-rate schedule.
 
 Plain TensorFlow ops on tf.Variables, no Keras. Each piece matches the library's own to float32 precision;
 tests/test_tools.py holds them side by side.
@@ -298,24 +298,6 @@ def data_augmentation(images, rng, max_rotation_degrees=15.0, max_shift_fraction
         return affine_transform(images, matrices)
     fields = random_displacement_fields(rng, n, height, width, elastic_alpha, elastic_sigma)
     return displace(images, fields, matrices)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# outlier exposure: pictures made from digits that are no digit
-
-
-def outliers_from_digits(images, labels, rng):
-    """Pictures made from digits [N,H,W,1] that are no digit, for outlier exposure (Hendrycks, Mazeika and
-    Dietterich 2019): each digit, at random, mirrored left to right (half of them) or turned a quarter turn
-    clockwise or anticlockwise (a quarter each); and a bool [N], usable: false for a 0, 1 or 8, which mirrored
-    are themselves and turned are a 0, a dash or nearly an 8. H must equal W.
-    Two more kinds were tried and dropped, a digit's top half over another's bottom half and two digits on top
-    of each other: too many of them still look like a digit, and the network grew unsure of real digits."""
-    n = tf.shape(images)[0]
-    kind = tf.reshape(rng.uniform([n], 0, 4, dtype=tf.int32), [n, 1, 1, 1])
-    outliers = tf.where(kind < 2, tf.reverse(images, axis=[2]),
-                        tf.where(kind == 2, tf.image.rot90(images, 3), tf.image.rot90(images, 1)))
-    return outliers, (labels != 0) & (labels != 1) & (labels != 8)
 
 
 # ---------------------------------------------------------------------------------------------------------

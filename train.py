@@ -22,12 +22,11 @@ import numpy as np
 import tensorflow as tf
 
 from tools import (TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer, Nadam,
-                   data_augmentation, one_cycle_learning_rate, outliers_from_digits, random_generator)
+                   data_augmentation, one_cycle_learning_rate, random_generator)
 
 EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
 SCHEDULES = ("one_cycle", "constant", "plateau")
-OUTLIER, UNUSED_OUTLIER = -1, -2  # the labels of a batch's outliers (outlier_exposure), usable or not
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +47,6 @@ class Recipe:
     class_weights: object = None  # per-class loss weights [10], "balanced" (from the training labels), or None
     weight_penalty: tuple | None = None  # (l1, l2) for kernel_penalty, added to the loss
     ema_decay: float = 0.0        # > 0: evaluate and keep an exponential moving average of the weights; 0: off
-    outlier_exposure: float = 0.0  # > 0: each batch also holds an eighth as many pictures made from its digits that
-                                  # are no digit (tools.outliers_from_digits), their loss (uniform_cross_entropy)
-                                  # weighted by this: the network learns to be unsure of what is no digit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,12 +77,6 @@ def cross_entropy(logits, labels, label_smoothing=0.0, class_weights=None, globa
     if global_batch_size is None:
         return tf.reduce_mean(losses)
     return tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
-
-
-def uniform_cross_entropy(logits):
-    """Per picture, the cross-entropy of softmax(logits) against uniform targets (outlier exposure's loss):
-    -(1/K) sum_k log p_k = logsumexp(z) - mean_k z_k, least (log K) when all K classes are equally likely."""
-    return tf.reduce_logsumexp(logits, axis=-1) - tf.reduce_mean(logits, axis=-1)
 
 
 def balanced_class_weights(labels, n_classes=10):
@@ -228,24 +218,14 @@ class Training:
         sums over the replicas are the global batch's) and of the count of correct answers."""
         n_replicas, compute_dtype = self.strategy.num_replicas_in_sync, self.options.compute_dtype
         global_batch_size = tf.shape(batch_labels)[0]
-        n_digits = tf.reduce_sum(tf.cast(batch_labels >= 0, tf.int32))  # of the global batch, as the losses' means
-        n_outliers = tf.reduce_sum(tf.cast(batch_labels == OUTLIER, tf.float32))
         share = (global_batch_size + n_replicas - 1) // n_replicas
         start = tf.distribute.get_replica_context().replica_id_in_sync_group * share
         batch_images, batch_labels = batch_images[start:start + share], batch_labels[start:start + share]
         with tf.GradientTape() as tape:
             # dropout: each replica its own random stream. The loss is float32 whatever the layers compute in.
             logits = tf.cast(self.model(tf.cast(batch_images, compute_dtype), training=True, rng=self.rng), tf.float32)
-            if self.recipe.outlier_exposure:
-                digits = batch_labels >= 0
-                loss = cross_entropy(tf.boolean_mask(logits, digits), tf.boolean_mask(batch_labels, digits),
-                                     self.recipe.label_smoothing, self.class_weights, n_digits)
-                outliers = tf.cast(batch_labels == OUTLIER, tf.float32)
-                loss += (self.recipe.outlier_exposure * tf.reduce_sum(outliers * uniform_cross_entropy(logits))
-                         / tf.maximum(n_outliers, 1.0))
-            else:
-                loss = cross_entropy(logits, batch_labels, self.recipe.label_smoothing, self.class_weights,
-                                     global_batch_size)
+            loss = cross_entropy(logits, batch_labels, self.recipe.label_smoothing, self.class_weights,
+                                 global_batch_size)
             if self.recipe.weight_penalty:  # counted once over the replicas, not once on each
                 penalty = kernel_penalty(self.model.trainable_variables, *self.recipe.weight_penalty)
                 loss += tf.nn.scale_regularization_loss(penalty)
@@ -260,11 +240,6 @@ class Training:
         batch_labels = tf.gather(self.labels, batch_indices)
         if self.recipe.augmentation:  # on the global batch: its random draws do not depend on the replica count
             batch_images = data_augmentation(batch_images, self.rng, **self.recipe.augmentation)
-        if self.recipe.outlier_exposure:  # made from the augmented digits, so they vary as the digits do
-            n_outliers = tf.shape(batch_labels)[0] // 8
-            outliers, usable = outliers_from_digits(batch_images[:n_outliers], batch_labels[:n_outliers], self.rng)
-            batch_images = tf.concat([batch_images, outliers], axis=0)
-            batch_labels = tf.concat([batch_labels, tf.where(usable, OUTLIER, UNUSED_OUTLIER)], axis=0)
         loss, gradients, correct = self.strategy.run(self.replica_step, args=(batch_images, batch_labels))
         loss, correct, *gradients = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                                      for value in [loss, correct, *gradients]]

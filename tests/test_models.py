@@ -11,9 +11,8 @@ import tensorflow as tf
 import train
 from conftest import train_with
 from model import MODELS, DigitNet, build_model, count_parameters, describe_models, training_recipe
-from tools import TRAINING_DRAWS, one_cycle_learning_rate, outliers_from_digits, random_generator
-from train import (OPTIMIZERS, Plateau, balanced_class_weights, cross_entropy, kernel_penalty, named_variables,
-                   uniform_cross_entropy)
+from tools import one_cycle_learning_rate
+from train import OPTIMIZERS, Plateau, balanced_class_weights, cross_entropy, kernel_penalty, named_variables
 
 # Trainable parameters, layer by layer: kernel (+ bias), or kernel + batch norm's scale and offset.
 PARAMETERS = {
@@ -218,19 +217,6 @@ def test_train_adds_the_weight_penalty_to_its_loss(digits):
     assert penalty > 0.1
     plain, penalised = one_step_training_loss(digits), one_step_training_loss(digits, weight_penalty=(1e-3, 1e-2))
     assert penalised - plain == pytest.approx(penalty, rel=1e-4)
-
-
-def test_train_with_outlier_exposure_adds_the_weighted_uniform_loss_of_the_batch_s_usable_outliers(digits):
-    images, labels = digits[0][:128], digits[1][:128]
-    batch = np.random.default_rng([0, 1]).permutation(128)  # train's order for seed 0, epoch 1
-    first = batch[:128 // 8]  # an eighth of the batch, its first digits, made into outliers
-    outliers, usable = outliers_from_digits(tf.constant(images[first]), tf.constant(labels[first]),
-                                            random_generator(0, TRAINING_DRAWS))
-    assert 0 < int(tf.reduce_sum(tf.cast(usable, tf.int32))) < 16
-    logits = build_model("mlp", seed=3)(tf.boolean_mask(outliers, usable))
-    expected = 0.5 * float(tf.reduce_mean(uniform_cross_entropy(logits)))
-    exposed = one_step_training_loss(digits, outlier_exposure=0.5)
-    assert exposed - one_step_training_loss(digits) == pytest.approx(expected, rel=1e-4)
 
 
 def test_train_with_balanced_class_weights_weighs_each_digits_loss(digits):

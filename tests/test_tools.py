@@ -13,9 +13,9 @@ import tensorflow as tf
 import data
 from tools import (INITIAL_WEIGHTS, TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer,
                    Nadam, affine_transform, batch_norm_variables, batch_normalize, data_augmentation, displace,
-                   dropout, gaussian_smooth, one_cycle_learning_rate, outliers_from_digits,
-                   random_augmentation_matrices, random_displacement_fields, random_generator)
-from train import cross_entropy, uniform_cross_entropy
+                   dropout, gaussian_smooth, one_cycle_learning_rate, random_augmentation_matrices,
+                   random_displacement_fields, random_generator)
+from train import cross_entropy
 
 TRAIN_CSV = Path(__file__).resolve().parents[1] / "digit-recognizer" / "train.csv.gz"
 
@@ -473,44 +473,6 @@ def test_data_augmentation_with_elastic_alpha_zero_draws_and_gives_what_it_did_b
     before = affine_transform(digits, random_augmentation_matrices(same, 100, 28, 28, *AUGMENTATION.values()))
     np.testing.assert_array_equal(ours, before.numpy())
     np.testing.assert_array_equal(rng.state.numpy(), same.state.numpy())  # nothing more drawn: later draws too
-
-
-# ---------------------------------------------------------------------------------------------------------
-# outliers made from digits (outlier exposure) against numpy's own flips and turns; its loss against
-# Keras' cross-entropy with uniform targets
-
-
-def test_each_outlier_is_its_digit_mirrored_or_turned_a_quarter_turn_either_way(labelled_digits):
-    images, labels = labelled_digits
-    outliers, _ = outliers_from_digits(tf.constant(images), tf.constant(labels), random_generator(0))
-    kinds = []
-    for outlier, digit in zip(outliers.numpy(), images):
-        made = [np.fliplr(digit), np.rot90(digit, -1), np.rot90(digit, 1)]  # numpy's turns are anticlockwise
-        matches = [np.array_equal(outlier, picture) for picture in made]
-        assert any(matches), "an outlier is neither its digit mirrored nor turned"
-        kinds.append(matches.index(True))
-    assert np.bincount(kinds).tolist() == pytest.approx([100, 50, 50], abs=25)  # half mirrored, a quarter each turn
-
-
-def test_only_a_mirrored_or_turned_0_1_or_8_is_unusable_for_it_may_still_be_a_digit(labelled_digits):
-    images, labels = labelled_digits
-    _, usable = outliers_from_digits(tf.constant(images), tf.constant(labels), random_generator(0))
-    np.testing.assert_array_equal(usable.numpy(), ~np.isin(labels, [0, 1, 8]))
-
-
-def test_outliers_differ_at_every_call(labelled_digits):
-    images, labels = (tf.constant(x) for x in labelled_digits)
-    rng = random_generator(0)
-    first, second = (outliers_from_digits(images, labels, rng)[0].numpy() for _ in range(2))
-    assert np.mean([not np.array_equal(a, b) for a, b in zip(first, second)]) > 0.3
-
-
-def test_uniform_cross_entropy_matches_keras_categorical_crossentropy_against_uniform_targets(labelled_digits):
-    images, _ = labelled_digits
-    logits = images.reshape(len(images), -1) @ np.random.default_rng(0).normal(scale=0.3, size=[784, 10]).astype(
-        np.float32)
-    expected = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)(np.full([200, 10], 0.1), logits)
-    np.testing.assert_allclose(uniform_cross_entropy(tf.constant(logits)).numpy(), expected.numpy(), rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------
