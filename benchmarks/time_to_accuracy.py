@@ -36,6 +36,14 @@ sys.path.insert(0, str(REPO))
 import flags  # noqa: E402  (the repo's modules are importable only from here on)
 
 globals().update(vars(flags.settings_parser(globals()).parse_args()))
+if quick:
+    rows, epochs, seeds = 300, "1", 2
+try:
+    SCHEDULES = [float(n) for n in epochs.split(",")]
+except ValueError:
+    SCHEDULES = []
+if not SCHEDULES or not all(0 < n < math.inf for n in SCHEDULES):
+    sys.exit(f"error: --epochs {epochs}: each schedule must be a positive number of epochs, e.g. --epochs 1,1.5,2")
 
 from devices import compute_dtype, import_tensorflow  # noqa: E402
 
@@ -46,9 +54,6 @@ import files  # noqa: E402
 import train  # noqa: E402
 from model import build_model, training_recipe  # noqa: E402
 
-if quick:
-    rows, epochs, seeds = 300, "1", 2
-SCHEDULES = [float(n) for n in epochs.split(",")]
 THRESHOLDS = [float(percent) for percent in thresholds.split(",")]
 load_at_start = os.getloadavg()[0]
 train_path = data.find_csv("train")
