@@ -54,7 +54,7 @@ SPECK_AREA = 0.1  # ... and with less than 10 % of the largest piece's area is a
 MAX_INK_COVER = 0.3  # ink over more than 30 % of the picture is noise or shading, not a written number
 SPLIT_ASPECT = 0.9  # a piece of ink this much wider than tall may be digits that touch ...
 DIGIT_ASPECT = 0.7  # ... about as many as digits this much wider than tall would fill
-SURE_SPLIT = 0.85  # ... and is, if each piece it cuts into is read this surely
+SURE_SPLIT = 0.85  # ... and is, only if each piece it cuts into is read this surely
 JOIN_GAP = 0.15  # pieces this close (a share of the tallest's height) may be one digit's broken stroke
 MAX_DIGITS = 20  # more pieces in a row than this are text or noise
 # A digit is answered only if the model's likeliest digit has at least MIN_CONFIDENCE probability and the
@@ -64,6 +64,8 @@ MAX_DIGITS = 20  # more pieces in a row than this are text or noise
 # on digits alone reads an A as a 4 as surely as a real 4, but the A's features are not those of the 4s it
 # learnt. Both calibrated by benchmarks/photos.py on photos of held-out train.csv digits (of another seed
 # than those it reports on): MAX_NOVELTY is the lowest limit that still answers 99% of them; no letter takes part.
+# A network taught letters as no digit (run.py --outlier_exposure 0.5) is unsure of them instead, and of more
+# digits too: its calibration answers 99% of them at --min_confidence 0.4.
 MIN_CONFIDENCE = 0.5
 MAX_NOVELTY = 1.7
 
@@ -272,8 +274,8 @@ def segment(ink, labels, groups, classify):
     """Where the shapes alone leave a doubt, the model decides, by which way it reads the more surely (the
     geometric mean of its top probabilities): neighbours less than JOIN_GAP of a digit's height apart (a stroke
     broken in two) are read together and apart; a piece more than SPLIT_ASPECT times wider than tall (digits
-    that touch, or one wide digit) whole and cut into 2 or more, a cut whose every piece is read at least
-    SURE_SPLIT surely winning outright. -> the digits' ink crops, left to right."""
+    that touch, or one wide digit) is cut into 2 or more only where each piece is read at least SURE_SPLIT
+    surely, and else read whole. -> the digits' ink crops, left to right."""
     def sureness(crops, of_them=lambda top: np.exp(np.mean(np.log(top + 1e-9)))):
         if any(not np.any(crop > 0) for crop in crops):
             return -1.0
@@ -292,10 +294,11 @@ def segment(ink, labels, groups, classify):
     crops = []
     for group in groups:
         whole, mask = digit_ink(ink, labels, group)
-        ways = [[whole]] + [[whole[:, start:stop] for start, stop in cuts] for cuts in ways_to_split(mask)]
-        # Digits the model is sure of, each of them, are digits: "41" read whole as a 4 is as sure as either.
-        sure_ways = [way for way in ways[1:] if sureness(way, np.min) >= SURE_SPLIT]
-        crops += max(sure_ways or ways, key=sureness)
+        cuts = [[whole[:, start:stop] for start, stop in way] for way in ways_to_split(mask)]
+        # A piece is cut only into digits the model is sure of, each of them ("41" read whole as a 4 is as sure
+        # as either): cut into a 1 and a stroke it is unsure of, a letter N would pass for a number.
+        sure_cuts = [cut for cut in cuts if sureness(cut, np.min) >= SURE_SPLIT]
+        crops += max(sure_cuts, key=sureness) if sure_cuts else [whole]
     return crops
 
 

@@ -1,6 +1,7 @@
 """The training loop: mini-batches, augmentation, an optimiser and its learning-rate schedule, early stopping,
 checkpoints and TensorBoard logs. run.py calls train(); so do the experiments, the tuner and the benchmarks.
-Also the write-ups' extras: class weights, an L1/L2 weight penalty, a learning rate cut on a plateau.
+Also the write-ups' extras: class weights, an L1/L2 weight penalty, a learning rate cut on a plateau; and
+outlier exposure, letters in each batch taught as no digit.
 
     train(model, split, recipe, seed, options)   -> the history, one dict per epoch
 
@@ -27,6 +28,7 @@ from tools import (TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage, Los
 EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
 SCHEDULES = ("one_cycle", "constant", "plateau")
+NO_DIGIT = -1  # the label of a batch's letters (outlier exposure)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +49,9 @@ class Recipe:
     class_weights: object = None  # per-class loss weights [10], "balanced" (from the training labels), or None
     weight_penalty: tuple | None = None  # (l1, l2) for kernel_penalty, added to the loss
     ema_decay: float = 0.0        # > 0: evaluate and keep an exponential moving average of the weights; 0: off
+    outlier_exposure: float = 0.0  # > 0: each batch also holds an eighth as many letters (letters.py), augmented
+                                  # as the digits are, their loss (uniform_cross_entropy) weighted by this: the
+                                  # network learns to be unsure of what is no digit; 0: off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +82,13 @@ def cross_entropy(logits, labels, label_smoothing=0.0, class_weights=None, globa
     if global_batch_size is None:
         return tf.reduce_mean(losses)
     return tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
+
+
+def uniform_cross_entropy(logits):
+    """Per picture, the cross-entropy of softmax(logits) against equal targets, outlier exposure's loss
+    (Hendrycks, Mazeika and Dietterich 2019): -(1/K) sum_k log p_k = logsumexp(z) - mean_k z_k, least (log K)
+    when all K classes are equally likely."""
+    return tf.reduce_logsumexp(logits, axis=-1) - tf.reduce_mean(logits, axis=-1)
 
 
 def balanced_class_weights(labels, n_classes=10):
@@ -190,6 +202,10 @@ class Training:
         self.steps_per_epoch = math.ceil(self.n_train / recipe.batch_size)
         self.total_steps = math.ceil(self.steps_per_epoch * recipe.max_n_epochs)
         self.images, self.labels = tf.constant(train_images), tf.constant(train_labels)
+        self.letters = None
+        if recipe.outlier_exposure:
+            import letters  # its fonts and photo cleaning load only for a run that teaches them
+            self.letters = tf.constant(letters.letter_pictures()[0])
         class_weights = recipe.class_weights
         if isinstance(class_weights, str) and class_weights == "balanced":
             class_weights = balanced_class_weights(train_labels)
@@ -218,14 +234,18 @@ class Training:
         sums over the replicas are the global batch's) and of the count of correct answers."""
         n_replicas, compute_dtype = self.strategy.num_replicas_in_sync, self.options.compute_dtype
         global_batch_size = tf.shape(batch_labels)[0]
+        n_letters = tf.reduce_sum(tf.cast(batch_labels == NO_DIGIT, tf.int32))  # of the global batch
         share = (global_batch_size + n_replicas - 1) // n_replicas
         start = tf.distribute.get_replica_context().replica_id_in_sync_group * share
         batch_images, batch_labels = batch_images[start:start + share], batch_labels[start:start + share]
         with tf.GradientTape() as tape:
             # dropout: each replica its own random stream. The loss is float32 whatever the layers compute in.
             logits = tf.cast(self.model(tf.cast(batch_images, compute_dtype), training=True, rng=self.rng), tf.float32)
-            loss = cross_entropy(logits, batch_labels, self.recipe.label_smoothing, self.class_weights,
-                                 global_batch_size)
+            if self.recipe.outlier_exposure:
+                loss = self.exposed_loss(logits, batch_labels, global_batch_size - n_letters, n_letters)
+            else:
+                loss = cross_entropy(logits, batch_labels, self.recipe.label_smoothing, self.class_weights,
+                                     global_batch_size)
             if self.recipe.weight_penalty:  # counted once over the replicas, not once on each
                 penalty = kernel_penalty(self.model.trainable_variables, *self.recipe.weight_penalty)
                 loss += tf.nn.scale_regularization_loss(penalty)
@@ -234,12 +254,23 @@ class Training:
                                         tf.float32))
         return loss, tape.gradient(differentiated, self.model.trainable_variables), correct
 
+    def exposed_loss(self, logits, batch_labels, n_digits, n_letters):
+        """This replica's part of the loss with outlier exposure: the mean cross-entropy of the global batch's
+        digits, plus outlier_exposure times the mean uniform_cross_entropy of its letters."""
+        digits = batch_labels != NO_DIGIT
+        letters_loss = tf.reduce_sum(tf.where(digits, 0.0, uniform_cross_entropy(logits)))
+        return (cross_entropy(tf.boolean_mask(logits, digits), tf.boolean_mask(batch_labels, digits),
+                              self.recipe.label_smoothing, self.class_weights, n_digits)
+                + self.recipe.outlier_exposure * letters_loss / tf.cast(tf.maximum(n_letters, 1), tf.float32))
+
     def global_step(self, batch_indices):
         """One step on the batch of these rows -> (its mean loss, its count of correct answers). Traced once."""
         batch_images = tf.gather(self.images, batch_indices)
         batch_labels = tf.gather(self.labels, batch_indices)
         if self.recipe.augmentation:  # on the global batch: its random draws do not depend on the replica count
             batch_images = data_augmentation(batch_images, self.rng, **self.recipe.augmentation)
+        if self.recipe.outlier_exposure:
+            batch_images, batch_labels = self.with_letters(batch_images, batch_labels)
         loss, gradients, correct = self.strategy.run(self.replica_step, args=(batch_images, batch_labels))
         loss, correct, *gradients = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                                      for value in [loss, correct, *gradients]]
@@ -251,6 +282,15 @@ class Training:
         if self.ema:
             self.ema.update()
         return loss, correct
+
+    def with_letters(self, batch_images, batch_labels):
+        """The batch and an eighth as many letters drawn at random, augmented as the digits are, after them."""
+        n_letters = tf.shape(batch_labels)[0] // 8
+        letters = tf.gather(self.letters, self.rng.uniform([n_letters], 0, tf.shape(self.letters)[0], tf.int32))
+        if self.recipe.augmentation:
+            letters = data_augmentation(letters, self.rng, **self.recipe.augmentation)
+        return (tf.concat([batch_images, letters], axis=0),
+                tf.concat([batch_labels, tf.fill([n_letters], NO_DIGIT)], axis=0))
 
     # ---- epochs ----
 

@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import flags  # noqa: E402  (the repo's modules are importable only from here on)
 
-globals().update(vars(flags.settings_parser(globals()).parse_args()))
+parser = flags.settings_parser(globals())
+globals().update(vars(parser.parse_args()))
 if quick:
     rows, epochs, seeds = 300, "1", 2
 try:
@@ -43,7 +44,7 @@ try:
 except ValueError:
     SCHEDULES = []
 if not SCHEDULES or not all(0 < n < math.inf for n in SCHEDULES):
-    sys.exit(f"error: --epochs {epochs}: each schedule must be a positive number of epochs, e.g. --epochs 1,1.5,2")
+    parser.error(f"--epochs {epochs}: each schedule must be a positive number of epochs, e.g. --epochs 1,1.5,2")
 
 from devices import compute_dtype, import_tensorflow  # noqa: E402
 

@@ -75,9 +75,9 @@ def test_time_to_accuracy_quick_prints_its_table_and_writes_its_json(tmp_path):
 def test_time_to_accuracy_refuses_a_schedule_that_is_no_positive_number_of_epochs(tmp_path, epochs):
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), "--epochs", epochs],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1] == (f"error: --epochs {epochs}: each schedule must be a positive "
-                                                      "number of epochs, e.g. --epochs 1,1.5,2")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (f"time_to_accuracy.py: error: --epochs {epochs}: each schedule "
+                                                      "must be a positive number of epochs, e.g. --epochs 1,1.5,2")
     assert list(tmp_path.iterdir()) == []
 
 

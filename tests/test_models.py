@@ -1,6 +1,6 @@
 """The registered networks (model.MODELS) and the training extras their recipes use: sizes and costs counted
-from the architectures by hand, a step of training on real digits, and the plateau schedule, class weights and
-weight penalty against Keras' own."""
+from the architectures by hand, a step of training on real digits, and the plateau schedule, class weights,
+weight penalty and outlier exposure's loss against Keras' own."""
 import dataclasses
 
 import keras
@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import letters
 import train
 from conftest import train_with
 from model import MODELS, DigitNet, build_model, count_parameters, describe_models, training_recipe
 from tools import one_cycle_learning_rate
-from train import OPTIMIZERS, Plateau, balanced_class_weights, cross_entropy, kernel_penalty, named_variables
+from train import (OPTIMIZERS, Plateau, balanced_class_weights, cross_entropy, kernel_penalty, named_variables,
+                   uniform_cross_entropy)
 
 # Trainable parameters, layer by layer: kernel (+ bias), or kernel + batch norm's scale and offset.
 PARAMETERS = {
@@ -217,6 +219,21 @@ def test_train_adds_the_weight_penalty_to_its_loss(digits):
     assert penalty > 0.1
     plain, penalised = one_step_training_loss(digits), one_step_training_loss(digits, weight_penalty=(1e-3, 1e-2))
     assert penalised - plain == pytest.approx(penalty, rel=1e-4)
+
+
+def test_uniform_cross_entropy_matches_keras_categorical_crossentropy_against_equal_targets(digits):
+    images, _ = digits
+    logits = build_model("mlp", seed=3)(images)
+    expected = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)(np.full([256, 10], 0.1), logits)
+    np.testing.assert_allclose(uniform_cross_entropy(logits).numpy(), expected.numpy(), rtol=1e-5)
+
+
+def test_train_with_outlier_exposure_adds_the_weighted_uniform_loss_of_the_batch_s_letters(digits, monkeypatch):
+    letter = letters.letter_pictures()[0][:1]  # the only letter there is: every one of the batch's 16 is this A
+    monkeypatch.setattr(letters, "letter_pictures", lambda: (letter, np.array(["A"])))
+    expected = 0.5 * float(uniform_cross_entropy(build_model("mlp", seed=3)(letter))[0])
+    exposed = one_step_training_loss(digits, outlier_exposure=0.5)
+    assert exposed - one_step_training_loss(digits) == pytest.approx(expected, rel=1e-4)
 
 
 def test_train_with_balanced_class_weights_weighs_each_digits_loss(digits):

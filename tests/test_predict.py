@@ -221,6 +221,19 @@ def test_touching_digits_are_split_when_the_model_is_sure_of_each_piece(real_dig
     assert len(mnist_digits(touching, sure_of(lambda i: 1))[0]) == 2
 
 
+def test_a_piece_is_not_cut_into_a_digit_and_a_stroke_the_model_is_unsure_of(real_digits):
+    images, _ = real_digits  # as a letter N, cut into a 1 and the rest, would pass for a number
+
+    def sure_of_the_first_of_several(pictures):
+        probabilities = unsure(pictures)["probabilities"]
+        if len(pictures) > 1:
+            probabilities[0] = np.eye(10, dtype=np.float32)[1] * 0.9 + 0.01
+        return {"probabilities": probabilities, "novelty": np.zeros(len(pictures))}
+
+    touching = picture(on_paper(list(images[[13, 8], :, :, 0]), size=(700, 400), height=200, gap=-30))
+    assert len(mnist_digits(touching, sure_of_the_first_of_several)[0]) == 1
+
+
 def test_a_blank_picture_holds_no_digit():
     with pytest.raises(NoDigit, match="no ink"):
         seen(Image.new("L", (100, 100), 255))
