@@ -46,6 +46,11 @@ def test_two_replicas_give_the_first_step_the_loss_one_device_gives(one_and_two_
     assert two[0] == pytest.approx(one[0], rel=1e-5)
 
 
+def test_two_replicas_give_a_step_with_letters_the_loss_one_device_gives(one_and_two_devices):
+    one, two = one_and_two_devices["step losses with letters"]  # the letters all on the second replica
+    assert two[0] == pytest.approx(one[0], rel=1e-5)
+
+
 def test_two_replicas_go_on_training_as_one_device_does(one_and_two_devices):
     one, two = one_and_two_devices["step losses"]
     # Adam moves a weight by about the learning rate whatever its gradient's size, so float rounding that flips

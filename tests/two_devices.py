@@ -53,13 +53,14 @@ def normalised_with_gradients(strategy, x):
             "moving mean": bn["moving_mean"], "moving variance": bn["moving_variance"]}
 
 
-def step_losses(strategy, n_steps=3):
+def step_losses(strategy, n_steps=3, outlier_exposure=0.0):
     """The training loss of each of n_steps steps of train.train on the whole 269-digit batch (one step an
-    epoch), augmentation on and dropout off (its random draws are each replica's own)."""
+    epoch), augmentation on and dropout off (its random draws are each replica's own); with outlier_exposure, 33
+    letters after the digits, all on the second replica."""
     with strategy.scope():
         model = build_model("digitnet", dropout_rate=0.0, seed=1)
     recipe = train.Recipe(max_n_epochs=n_steps, patience=n_steps, batch_size=len(train_labels), learning_rate=1e-3,
-                          label_smoothing=0.1, schedule="constant",
+                          label_smoothing=0.1, schedule="constant", outlier_exposure=outlier_exposure,
                           augmentation=dict(max_rotation_degrees=10, max_shift_fraction=0.1, max_zoom_fraction=0.1))
     history = train.train(model, (train_images, train_labels, val_images, val_labels), recipe, 3,
                           train.RunOptions(strategy=strategy, verbose=False))
@@ -83,5 +84,6 @@ print(json.dumps({
         normalised_with_gradients(ONE_DEVICE, x).items(), normalised_with_gradients(TWO_CPUS, x).values())}
         for kind, x in [("conv", feature_maps), ("dense", dense_activations)]},
     "step losses": [step_losses(ONE_DEVICE), step_losses(TWO_CPUS)],
+    "step losses with letters": [step_losses(ONE_DEVICE, 1, 0.5), step_losses(TWO_CPUS, 1, 0.5)],
     "outside the scope": refusal_of_a_model_built_outside_the_scope(),
 }))
