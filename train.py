@@ -234,7 +234,8 @@ class Training:
         sums over the replicas are the global batch's) and of the count of correct answers."""
         n_replicas, compute_dtype = self.strategy.num_replicas_in_sync, self.options.compute_dtype
         global_batch_size = tf.shape(batch_labels)[0]
-        n_letters = tf.reduce_sum(tf.cast(batch_labels == NO_DIGIT, tf.int32))  # of the global batch
+        if self.recipe.outlier_exposure:  # counted on the global batch, before each replica takes its share
+            n_letters = tf.reduce_sum(tf.cast(batch_labels == NO_DIGIT, tf.int32))
         share = (global_batch_size + n_replicas - 1) // n_replicas
         start = tf.distribute.get_replica_context().replica_id_in_sync_group * share
         batch_images, batch_labels = batch_images[start:start + share], batch_labels[start:start + share]

@@ -11,8 +11,8 @@ specks; a small digit in a 3000x2250 photo; blue ballpoint; pencil; JPEG at qual
 ones at once. Numbers of 2 to 5 such digits are written in a row (gaps from slightly touching to wide) under a
 condition drawn at random. Pictures that are no digit: blank paper (plain, dim, lamp-lit, ruled, squared),
 specks alone, noise (uniform, Gaussian, blotches) and letter-like pictures (handwritten-style capitals that are
-not shaped like digits: A E F H K M N R W X, and a few symbols). The default network was taught letters as no
-digit (outlier exposure, letters.py): the same capitals and symbols among others, but printed in fonts, not
+not shaped like digits: A E F H K M N R W X, and a few symbols). A network trained with --outlier_exposure is
+taught letters as no digit (letters.py): these capitals and symbols among others, but printed in fonts, not
 written with a shaky pen as here; the README gives what a network taught none of these capitals refuses.
 
 predict.MIN_CONFIDENCE and predict.MAX_NOVELTY are calibrated on the first half of the validation digits and on

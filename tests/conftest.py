@@ -23,6 +23,16 @@ def run_py(args, cwd, timeout=600, env=None):
                           timeout=timeout, env=env)
 
 
+def draw_letter(strokes):
+    """A letter as pen strokes in a unit box (x right, y down), written 150 pixels tall with a pen 16 wide, dark
+    on a white 300x220 canvas -> a Pillow image."""
+    from PIL import Image, ImageDraw
+    canvas = Image.new("L", (300, 220), 255)
+    for stroke in strokes:
+        ImageDraw.Draw(canvas).line([(80 + 120 * x, 35 + 150 * y) for x, y in stroke], fill=0, width=16, joint="curve")
+    return canvas
+
+
 @pytest.fixture
 def repo_dir():
     return REPO

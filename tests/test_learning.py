@@ -7,12 +7,12 @@ as well as the right ones; digits transposed only in training are learnt as tran
 scores the finished network on unseen digits, as Kaggle does, rather than watching the loss go down."""
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 import data
 import model
 import predict
 import train
+from conftest import draw_letter
 
 SEED = 0
 TRAIN_ROWS = 3000   # the first rows of train.csv: 2,700 to train on, 300 for train.train's validation split
@@ -63,13 +63,9 @@ def digits():
 
 
 def pen_letter(strokes):
-    """A letter written with a pen 16 pixels wide, 150 tall -> float32 [28, 28, 1], made as predict.py makes a
+    """A letter written with a pen (conftest.draw_letter) -> float32 [28, 28, 1], made as predict.py makes a
     photo's digit."""
-    canvas = Image.new("L", (300, 220), 0)
-    for stroke in strokes:
-        ImageDraw.Draw(canvas).line([(80 + 120 * x, 35 + 150 * y) for x, y in stroke], fill=255, width=16,
-                                    joint="curve")
-    return predict.to_mnist(np.asarray(canvas, np.float32) / 255)[..., None]
+    return predict.to_mnist(1 - np.asarray(draw_letter(strokes), np.float32) / 255)[..., None]
 
 
 def test_a_short_training_gets_most_unseen_digits_right(digits):

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageOps
 from skimage import measure
 
 import predict
+from conftest import draw_letter
 from predict import NoDigit, mnist_digits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -329,14 +330,6 @@ LETTERS = {  # a capital that the tiny model reads surely as a digit (a 4, at 0.
     # (an E, an N were too, before DigitNet pooled first; now it is unsure of them, so they say nothing of novelty)
     "H": [[(0, 0), (0, 1)], [(1, 0), (1, 1)], [(0, 0.5), (1, 0.5)]],
 }
-
-
-def draw_letter(strokes):
-    """A thick-stroked letter 150 pixels tall on a 300x220 canvas, as draw() draws digits."""
-    canvas = Image.new("L", (300, 220), 255)
-    for stroke in strokes:
-        ImageDraw.Draw(canvas).line([(80 + 120 * x, 35 + 150 * y) for x, y in stroke], fill=0, width=16, joint="curve")
-    return canvas
 
 
 @pytest.fixture(scope="module")
