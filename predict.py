@@ -50,7 +50,8 @@ LINE_SPAN = 0.7  # ... in rows (or columns) that hold such ink across 70 % of it
 LINE_THICKNESS = 0.015  # ... and are at most 1.5 % of the picture (5 pixels at least) thick
 MIN_DIGIT_HEIGHT = 0.015  # a digit is at least 1.5 % of the picture's longer side tall (at least 8 pixels)
 SPECK_HEIGHT = 0.3  # ink less than 30 % as tall as the tallest piece ...
-SPECK_AREA = 0.1  # ... and with less than 10 % of the largest piece's area is a speck
+SPECK_AREA = 0.1  # ... and with less than 10 % of the largest piece's area is a speck; and pieces that are
+                  # each less than SPECK_HEIGHT as tall as the digit they would form are specks, lined up
 MAX_INK_COVER = 0.3  # ink over more than 30 % of the picture is noise or shading, not a written number
 SPLIT_ASPECT = 0.9  # a piece of ink this much wider than tall may be digits that touch ...
 DIGIT_ASPECT = 0.7  # ... about as many as digits this much wider than tall would fill
@@ -254,7 +255,12 @@ def ink_pieces(ink, grain):
     largest = max(region.area for region in regions)
     kept = [region for region in regions
             if region.bbox[2] - region.bbox[0] >= SPECK_HEIGHT * tallest or region.area >= SPECK_AREA * largest]
-    groups = group_into_digits(kept)
+    # However broken, a digit is strokes: one of its pieces spans a good part of its height. Dust whose columns
+    # line up makes a tall group of dots, each of them a speck beside the group it forms.
+    groups = [group for group in group_into_digits(kept)
+              if max(_extent([region], 0) for region in group) >= SPECK_HEIGHT * _extent(group, 0)]
+    if not groups:
+        raise NoDigit("only specks, scattered: no stroke as tall as a digit")
     if len(groups) > MAX_DIGITS:
         raise NoDigit(f"{len(groups)} pieces of ink in a row: more like text or noise than a number")
     return labels, groups

@@ -170,6 +170,22 @@ def test_squared_paper_alone_holds_no_digit():
         seen(picture(lines))
 
 
+def test_dust_whose_specks_line_up_holds_no_digit():
+    paper = np.ones((450, 300), np.float32)
+    for top in range(20, 430, 45):  # ten 8-pixel dots in one column: together as tall as a digit
+        paper[top:top + 8, 150:158] = 0
+    with pytest.raises(NoDigit, match="specks"):
+        seen(picture(paper))
+
+
+def test_a_digit_broken_in_two_is_still_one_digit(clean):
+    paper, expected = clean
+    rows = np.flatnonzero((paper < 0.5).any(axis=1))
+    middle = (rows.min() + rows.max()) // 2
+    paper[middle:middle + 3] = 1  # a white gap across the middle: two pieces, each about half the digit
+    assert correlation(seen(picture(paper))[0], expected) > 0.9
+
+
 def test_paper_darker_than_mid_grey_reads_like_daylight(clean):
     paper, expected = clean
     dim = picture(0.12 * paper)  # an evening photo: the paper at 12 % grey, the ink darker still
