@@ -258,7 +258,7 @@ def ink_pieces(ink, grain):
     # However broken, a digit is strokes: one of its pieces spans a good part of its height. Dust whose columns
     # line up makes a tall group of dots, each of them a speck beside the group it forms.
     groups = [group for group in group_into_digits(kept)
-              if max(_extent([region], 0) for region in group) >= SPECK_HEIGHT * _extent(group, 0)]
+              if max(region.bbox[2] - region.bbox[0] for region in group) >= SPECK_HEIGHT * _extent(group, 0)]
     if not groups:
         raise NoDigit("only specks, scattered: no stroke as tall as a digit")
     if len(groups) > MAX_DIGITS:
