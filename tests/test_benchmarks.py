@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import data
-from benchmarks import holdout
+from benchmarks import hardest, holdout
+from conftest import write_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,3 +174,70 @@ def test_holdout_smoke_run_prints_its_table_writes_its_json_and_leaves_the_repo_
     # run.py ran in a scratch directory of its own: nothing landed in the repo, nor where holdout.py was run
     assert repo_outputs() == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["holdout.json"]
+
+
+# ---- benchmarks/hardest.py: the digits every run of holdout.py got wrong ----
+
+
+def holdout_json(directory, name, labels, wrong_by_fold, rows=None, n_folds=5, fold_seed=0):
+    """A holdout.py JSON of one run: for each fold, the rows it got wrong, [row, label, predicted]; the
+    prediction is the next digit up."""
+    path = directory / f"holdout_{name}.json"
+    folds = [dict(fold=fold, wrong=[[row, int(labels[row]), (int(labels[row]) + 1) % 10] for row in wrong])
+             for fold, wrong in wrong_by_fold.items()]
+    settings = dict(n_folds=n_folds, fold_seed=fold_seed, rows=len(labels) if rows is None else rows)
+    path.write_text(json.dumps(dict(settings=settings, folds=folds)))
+    return path
+
+
+def test_hardest_counts_the_digits_every_run_at_least_half_and_any_run_got_wrong(real_digits, tmp_path):
+    _, labels = real_digits
+    paths = [holdout_json(tmp_path, "a", labels, {1: [3, 5, 8, 13]}),
+             holdout_json(tmp_path, "b", labels, {1: [3, 5, 21]}),
+             holdout_json(tmp_path, "c", labels, {1: [3, 8]}),
+             holdout_json(tmp_path, "d", labels, {1: [3, 5, 34]})]
+    runs, left_out = hardest.read_runs(paths, labels, n_folds=5, fold_seed=0)
+    [counts] = hardest.hardest_digits(runs, min_runs=4).values()
+    assert left_out == [] and counts["runs"] == 4 and counts["errors"] == [4, 3, 2, 3]
+    assert counts["every_run"] == [3] and counts["at_least_half"] == [3, 5, 8]
+    assert counts["any_run"] == [3, 5, 8, 13, 21, 34]
+    assert counts["said"] == {3: ((labels[3] + 1) % 10, 4)}
+
+
+def test_hardest_skips_folds_that_fewer_than_min_runs_scored(real_digits, tmp_path):
+    _, labels = real_digits
+    paths = [holdout_json(tmp_path, "a", labels, {1: [3], 2: [4]}), holdout_json(tmp_path, "b", labels, {1: [3]})]
+    runs, _ = hardest.read_runs(paths, labels, n_folds=5, fold_seed=0)
+    assert list(hardest.hardest_digits(runs, min_runs=2)) == [1]
+
+
+def test_hardest_leaves_out_runs_dealt_from_other_rows_or_folds(real_digits, tmp_path):
+    _, labels = real_digits
+    paths = [holdout_json(tmp_path, "all", labels, {1: [3]}),
+             holdout_json(tmp_path, "smoke", labels, {1: [3]}, rows=100),
+             holdout_json(tmp_path, "three", labels, {1: [3]}, n_folds=3)]
+    runs, left_out = hardest.read_runs(paths, labels, n_folds=5, fold_seed=0)
+    assert [name for name, _ in runs[1]] == ["holdout_all"]
+    assert [line.split(":")[0] for line in left_out] == ["left out holdout_smoke.json", "left out holdout_three.json"]
+
+
+def test_hardest_refuses_runs_whose_digits_carry_another_train_csvs_labels(real_digits, tmp_path):
+    _, labels = real_digits
+    path = holdout_json(tmp_path, "other", labels, {1: [3]})
+    path.write_text(path.read_text().replace(f"[3, {labels[3]}, ", f"[3, {(labels[3] + 5) % 10}, "))
+    with pytest.raises(data.DataError, match=f"holdout_other.json: row 3 is a {(labels[3] + 5) % 10} there"):
+        hardest.read_runs([path], labels, n_folds=5, fold_seed=0)
+
+
+def test_hardest_prints_its_table_and_draws_the_digits_every_run_got_wrong(real_digits, tmp_path):
+    _, labels = real_digits
+    train_csv = write_rows("train", len(labels), tmp_path / "train.csv")
+    for name, wrong in [("a", [3, 5]), ("b", [3, 8])]:
+        holdout_json(tmp_path, name, labels, {2: wrong})
+    picture = tmp_path / "hardest.png"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "hardest.py"), "--results",
+                             str(tmp_path / "holdout_*.json"), "--train", str(train_csv), "--min_runs", "2",
+                             "--picture", str(picture)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| 2 | 2 | 2-2 | 1 | 3 | 3 |" in result.stdout.splitlines()
+    assert "1 digits were wrong in every run" in result.stdout and picture.read_bytes()[:4] == b"\x89PNG"
