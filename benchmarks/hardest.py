@@ -39,17 +39,21 @@ import report  # noqa: E402
 def read_runs(paths, labels, n_folds, fold_seed):
     """holdout.py's JSONs -> ({fold: [(name, {row: predicted})]} of the runs dealt as asked, the lines saying
     which files were left out). DataError (naming the file and row) for a run whose wrong digits carry other
-    labels than train.csv's: its rows are another train.csv's."""
+    labels than train.csv's (its rows are another train.csv's), or for a file that is no holdout.py result."""
     runs, left_out = collections.defaultdict(list), []
     for path in paths:
-        result = json.loads(Path(path).read_text())
-        deal = result["settings"]
-        if (deal["n_folds"], deal["fold_seed"], deal["rows"]) != (n_folds, fold_seed, len(labels)):
+        try:
+            result = json.loads(Path(path).read_text())
+            deal, result_folds = result["settings"], result["folds"]
+            dealt = deal["n_folds"], deal["fold_seed"], deal["rows"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise data.DataError(f"{path}: not a holdout.py result ({type(error).__name__}: {error})") from None
+        if dealt != (n_folds, fold_seed, len(labels)):
             left_out.append(f"left out {Path(path).name}: dealt into {deal['n_folds']} folds by seed "
                             f"{deal['fold_seed']} from {deal['rows']:,} rows, not {n_folds} by {fold_seed} from "
                             f"{len(labels):,}")
             continue
-        for fold in result["folds"]:
+        for fold in result_folds:
             for row, label, _ in fold["wrong"]:
                 if not 0 <= row < len(labels) or labels[row] != label:
                     raise data.DataError(f"{path}: row {row} is a {label} there but not in train.csv: "

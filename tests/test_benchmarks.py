@@ -229,6 +229,15 @@ def test_hardest_refuses_runs_whose_digits_carry_another_train_csvs_labels(real_
         hardest.read_runs([path], labels, n_folds=5, fold_seed=0)
 
 
+@pytest.mark.parametrize("text", ["{not json", '{"folds": []}', "[1, 2]"])
+def test_hardest_refuses_a_file_that_is_no_holdout_result(real_digits, tmp_path, text):
+    _, labels = real_digits
+    path = tmp_path / "holdout_broken.json"
+    path.write_text(text)
+    with pytest.raises(data.DataError, match="holdout_broken.json: not a holdout.py result"):
+        hardest.read_runs([path], labels, n_folds=5, fold_seed=0)
+
+
 def test_hardest_prints_its_table_and_draws_the_digits_every_run_got_wrong(real_digits, tmp_path):
     _, labels = real_digits
     train_csv = write_rows("train", len(labels), tmp_path / "train.csv")
