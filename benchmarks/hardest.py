@@ -1,15 +1,16 @@
-"""Which unseen digits does every network get wrong? The floor under holdout.py's figures, and under any ensemble.
+"""Which unseen digits does every network get wrong? The floor under holdout.py's figures and under an ensemble.
 
     python benchmarks/hardest.py                  # every benchmarks/results/holdout_*.json
     python benchmarks/hardest.py --results "benchmarks/results/holdout_default*.json"
 
 Reads what holdout.py wrote: for each fold a run scored, the train.csv rows it got wrong, [row, label,
-predicted]. For each fold that --min_runs runs or more scored, it counts the digits every run got wrong, the digits at
-least half of them got wrong (about what averaging those runs gets wrong), and the digits any got wrong; prints
-that as a table, and saves the digits every run got wrong as a picture, each titled with train.csv's label and
+predicted]. For each fold that --min_runs runs or more scored, it counts the digits every run got wrong, the
+digits at least half of them got wrong (about what averaging those runs gets wrong), and the digits any got
+wrong; prints that as a table, and saves the digits every run got wrong as a picture, each titled with train.csv's label and
 what the runs said instead, so that anyone can judge whether a person would have read them as labelled.
-Averaging networks cannot be right where all of them are wrong, so an ensemble of such networks makes at least
-"wrong in every run" errors on the fold, and likely near "in at least half".
+Where every run said the same wrong digit ("all said one"), no average of them can be right: that digit
+outscores the label in each run's probabilities, so in their mean too. An average of those runs makes at least
+that many errors on the fold, and likely near "in at least half"; networks like them, likely about as many.
 
 Only runs dealt from the same train.csv (holdout.py's --n_folds, --fold_seed and all of its rows) are
 comparable, so the rest (a --rows smoke run, say) are left out, with a line saying so.
@@ -83,11 +84,13 @@ def hardest_digits(runs, min_runs):
 
 
 def print_table(folds):
-    print("| fold | runs | errors of a run | wrong in every run | in at least half | in any |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| fold | runs | errors of a run | wrong in every run | all said one | in at least half | in any |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for fold, counts in folds.items():
+        all_said_one = sum(times == counts["runs"] for _, times in counts["said"].values())
         print(f"| {fold} | {counts['runs']} | {min(counts['errors'])}-{max(counts['errors'])} | "
-              f"{len(counts['every_run'])} | {len(counts['at_least_half'])} | {len(counts['any_run'])} |")
+              f"{len(counts['every_run'])} | {all_said_one} | {len(counts['at_least_half'])} | "
+              f"{len(counts['any_run'])} |")
 
 
 def main(argv=None):

@@ -179,11 +179,11 @@ def test_holdout_smoke_run_prints_its_table_writes_its_json_and_leaves_the_repo_
 # ---- benchmarks/hardest.py: the digits every run of holdout.py got wrong ----
 
 
-def holdout_json(directory, name, labels, wrong_by_fold, rows=None, n_folds=5, fold_seed=0):
+def holdout_json(directory, name, labels, wrong_by_fold, rows=None, n_folds=5, fold_seed=0, said=1):
     """A holdout.py JSON of one run: for each fold, the rows it got wrong, [row, label, predicted]; the
-    prediction is the next digit up."""
+    prediction is the digit `said` up from the label."""
     path = directory / f"holdout_{name}.json"
-    folds = [dict(fold=fold, wrong=[[row, int(labels[row]), (int(labels[row]) + 1) % 10] for row in wrong])
+    folds = [dict(fold=fold, wrong=[[row, int(labels[row]), (int(labels[row]) + said) % 10] for row in wrong])
              for fold, wrong in wrong_by_fold.items()]
     settings = dict(n_folds=n_folds, fold_seed=fold_seed, rows=len(labels) if rows is None else rows)
     path.write_text(json.dumps(dict(settings=settings, folds=folds)))
@@ -241,12 +241,13 @@ def test_hardest_refuses_a_file_that_is_no_holdout_result(real_digits, tmp_path,
 def test_hardest_prints_its_table_and_draws_the_digits_every_run_got_wrong(real_digits, tmp_path):
     _, labels = real_digits
     train_csv = write_rows("train", len(labels), tmp_path / "train.csv")
-    for name, wrong in [("a", [3, 5]), ("b", [3, 8])]:
-        holdout_json(tmp_path, name, labels, {2: wrong})
+    # Row 3 is wrong in every run, but the runs do not all say the same digit there.
+    for name, wrong, said in [("a", [3, 5], 1), ("b", [3, 5, 8], 1), ("c", [3], 2)]:
+        holdout_json(tmp_path, name, labels, {2: wrong}, said=said)
     picture = tmp_path / "hardest.png"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "hardest.py"), "--results",
-                             str(tmp_path / "holdout_*.json"), "--train", str(train_csv), "--min_runs", "2",
+                             str(tmp_path / "holdout_*.json"), "--train", str(train_csv), "--min_runs", "3",
                              "--picture", str(picture)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "| 2 | 2 | 2-2 | 1 | 3 | 3 |" in result.stdout.splitlines()
+    assert "| 2 | 3 | 1-3 | 1 | 0 | 2 | 3 |" in result.stdout.splitlines()
     assert "1 digits were wrong in every run" in result.stdout and picture.read_bytes()[:4] == b"\x89PNG"
