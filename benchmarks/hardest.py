@@ -6,8 +6,9 @@
 Reads what holdout.py wrote: for each fold a run scored, the train.csv rows it got wrong, [row, label,
 predicted]. For each fold that --min_runs runs or more scored, it counts the digits every run got wrong, the
 digits at least half of them got wrong (about what averaging those runs gets wrong), and the digits any got
-wrong; prints that as a table, and saves the digits every run got wrong as a picture, each titled with train.csv's label and
-what the runs said instead, so that anyone can judge whether a person would have read them as labelled.
+wrong; prints that as a table, and saves the digits every run got wrong as a picture, each titled with
+train.csv's label and what the runs said instead, so that anyone can judge whether a person would have read
+them as labelled.
 Where every run said the same wrong digit ("all said one"), no average of them can be right: that digit
 outscores the label in each run's probabilities, so in their mean too. An average of those runs makes at least
 that many errors on the fold, and likely near "in at least half"; networks like them, likely about as many.
