@@ -397,7 +397,7 @@ MODELS = {
     # 97% of letter-like photos against 82%, but costs digits: holdout folds 1-3, 112 errors against 98 (0.2: 113).
     # The recipe's neighbours do no better on holdout (README, Accuracy on unseen digits): label smoothing of 0 or
     # 0.2, dropout 0.1, turns of 15 degrees, shifts of 15%, shear of 0.2, elastic strength 30, AdamW, L2, batch 64,
-    # peaks of 2e-3, 4e-3 and 7e-3. A peak of 5e-3 did a little better on an EPYC (three seeds, and float32), by
+    # peaks of 2e-3, 4e-3 and 7e-3. A peak of 5e-3 did a little better on an EPYC (four seeds, and float32), by
     # less than the folds' spread: a lead, not yet the default (the figures are in the README's table, their one
     # home).
     "digitnet": ModelSpec(DigitNet, Recipe(
