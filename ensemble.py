@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 import files
-from train import predict_probabilities
+from train import graph_function, predict_probabilities
 
 NOVELTY_RIDGE = 1e-3  # added to the features' covariance, as a share of their mean variance
 TTA_SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]  # (rows, columns): the digit and its one-pixel shifts
@@ -40,7 +40,7 @@ def novelty_statistics(models, images, labels, batch_size=1000):
     counts = one_hot.sum(axis=0)[:, None]
     statistics = []
     for model in models:
-        features = tf.function(features_of(model))
+        features = graph_function(features_of(model))
         sums = None  # a layer's [sum of f by digit [10, D], sum of f f^T [D, D]]
         for start in range(0, len(images), batch_size):
             layers = [np.asarray(layer, np.float64)
@@ -70,7 +70,6 @@ def export_saved_model(models, path, train_images, train_labels, tta=False):
     module.whitening = [tf.Variable(whitening, trainable=False) for _, whitening in statistics]
     shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="images")])
     def serve(images):
         outputs = [tf.nn.softmax(m(tf.roll(images, shift, axis=[1, 2]), training=False))
                    for m in module.models for shift in shifts]
@@ -81,5 +80,5 @@ def export_saved_model(models, path, train_images, train_labels, tta=False):
                    for layer, means, whitening in zip(layers, module.class_means, module.whitening)]
         return {"probabilities": probabilities, "novelty": tf.sqrt(tf.add_n(squared) / len(squared))}
 
-    module.serve = serve
-    files.replace_directory(lambda new: tf.saved_model.save(module, new, signatures=serve), path)
+    module.serve = graph_function(serve, input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="images")])
+    files.replace_directory(lambda new: tf.saved_model.save(module, new, signatures=module.serve), path)

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from data import DataError
 from tools import batch_norm_variables, batch_normalize, dropout, random_generator
-from train import OPTIMIZERS, Recipe
+from train import OPTIMIZERS, Recipe, graph_function
 
 N_CLASSES = 10
 
@@ -462,7 +462,7 @@ def count_flops(model, input_size=28):
     """Forward FLOPs for one image, analytically: 2 x the multiply-adds of every convolution and matrix product
     in the traced graph of model.__call__, from their operands' shapes (conv: output H*W*C_out times kernel
     h*w*C_in; matmul [1, k] @ [k, n]: k*n). Biases, batch norm, ReLU and pooling (2% at most here) are left out."""
-    graph = tf.function(model).get_concrete_function(tf.TensorSpec([1, input_size, input_size, 1])).graph
+    graph = graph_function(model).get_concrete_function(tf.TensorSpec([1, input_size, input_size, 1])).graph
     multiply_adds = 0
     for op in graph.get_operations():
         if op.type == "Conv2D":

@@ -124,6 +124,15 @@ class Plateau:
         return learning_rate * self.factor
 
 
+def graph_function(function, **options):
+    """tf.function(function) without AutoGraph. AutoGraph rewrites a function from its source file, read from
+    disk when the function is first traced: a .py file edited while a run trains would then change, or break,
+    the functions the run traces late (its evaluation, its export) and lose the run. Traced as it is, the
+    function runs the code the run started with. The project needs no rewriting: its branches on tensors are
+    tf.where and tf.cond."""
+    return tf.function(function, autograph=False, **options)
+
+
 _compiled_predictions = weakref.WeakKeyDictionary()  # model -> its traced inference function
 
 
@@ -131,7 +140,7 @@ def predict_probabilities(model, images, batch_size=EVAL_BATCH_SIZE):
     """Softmax outputs of the model in inference mode, batch by batch -> numpy [N, 10]."""
     if model not in _compiled_predictions:
         model_reference = weakref.ref(model)  # the cache must not keep a finished model alive
-        _compiled_predictions[model] = tf.function(
+        _compiled_predictions[model] = graph_function(
             lambda batch: tf.nn.softmax(model_reference()(batch, training=False)),
             input_signature=[tf.TensorSpec([None, *images.shape[1:]], tf.float32)])
     probabilities = _compiled_predictions[model]
@@ -223,7 +232,7 @@ class Training:
         self.progress = dict(epochs_done=0, steps_done=0, loss_sum=0.0, correct_sum=0.0, best_epoch=0, history=[],
                              plateau=[self.plateau.best, self.plateau.flat_epochs])
         self.training_seconds = 0.0
-        self.step = tf.function(self.global_step, input_signature=[tf.TensorSpec([None], tf.int32)])
+        self.step = graph_function(self.global_step, input_signature=[tf.TensorSpec([None], tf.int32)])
         self.open_checkpoints()
         self.writers = self.open_logs()
 

@@ -218,6 +218,38 @@ def test_the_saved_model_serves_what_ensemble_probabilities_gives_with_or_withou
     assert not np.allclose(served, ensemble.ensemble_probabilities(members, images, not tta), atol=1e-4)
 
 
+EDITED_WHILE_TRAINING = """
+import sys
+from pathlib import Path
+import numpy as np, tensorflow as tf
+sys.path.insert(0, sys.argv[1])
+import data, ensemble, model, train
+images, labels = data.load_train(sys.argv[2], max_rows=300)
+network = model.build_model("digitnet", seed=1)
+source = Path(sys.argv[1]) / "model.py"
+source.write_text("import os  # a reader's edit: every line below moves down one\\n" + source.read_text())
+train.train(network, (images, labels, images[:0], labels[:0]), model.training_recipe("digitnet", max_n_epochs=1),
+            seed=0, options=train.RunOptions(verbose=False))
+np.testing.assert_allclose(train.predict_probabilities(network, images),
+                           tf.nn.softmax(network(images, training=False)), atol=1e-5)
+ensemble.export_saved_model([network], sys.argv[3], images, labels, tta=True)
+"""
+
+
+def test_a_run_whose_source_is_edited_while_it_trains_still_evaluates_and_exports(tmp_path):
+    """The functions a run traces after its start (the step, the evaluation, the export) run the code it started
+    with: a reader editing model.py meanwhile must not lose the run."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for module in REPO.glob("*.py"):
+        (project / module.name).write_bytes(module.read_bytes())
+    result = subprocess.run([sys.executable, "-c", EDITED_WHILE_TRAINING, str(project),
+                             str(REPO / "digit-recognizer" / "train.csv.gz"), str(tmp_path / "saved_model")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "saved_model" / "saved_model.pb").exists()
+
+
 def test_list_models_prints_every_network_with_its_size(tmp_path):
     from model import MODELS
     result = run_py(["--list_models"], cwd=tmp_path)
