@@ -1,5 +1,6 @@
 """Where things live: the product's modules import downwards only, nothing imports the driver run.py, every
-function reads in one screen, and every script's settings explain themselves in --help."""
+function reads in one screen, every script's settings explain themselves in --help, and every traced function
+is train.graph_function's."""
 import ast
 import subprocess
 import sys
@@ -47,6 +48,13 @@ def test_the_product_modules_import_one_another_without_a_circle():
 
     circles = [name for name in graph if reaches(name, name)]
     assert circles == []
+
+
+def test_every_traced_function_goes_through_graph_function():
+    """train.graph_function is the one tf.function: without AutoGraph, a run is safe from its source being edited."""
+    uses = [f"{path.name}:{node.lineno}" for path in PRODUCT for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and node.attr == "function" and getattr(node.value, "id", "") == "tf"]
+    assert len(uses) == 1 and uses[0].startswith("train.py:"), uses
 
 
 @pytest.mark.parametrize("path", PRODUCT, ids=lambda path: path.name)
