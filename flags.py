@@ -52,7 +52,8 @@ def settings_parser(namespace, unset="not set"):
     parser = argparse.ArgumentParser(description=namespace.get("__doc__"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in settings_of(namespace).items():
-        flag, meaning = "--" + name.lower(), comments.get(name, "")
+        # argparse reads % in a help string as a format code; a comment's "99.0%" is prose
+        flag, meaning = "--" + name.lower(), comments.get(name, "").replace("%", "%%")
         if isinstance(default, bool):
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default,
                                 help=f"{meaning} (default: {'on' if default else 'off'})")

@@ -81,6 +81,14 @@ def test_every_setting_of_every_script_says_what_it_means(script):
     assert unexplained == []
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_prints_its_settings_with_help(script):
+    result = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-300:]
+    settings = [name for name in flags.configuration_block(REPO / script) if name.lower() == name]
+    assert [name for name in settings if f"--{name}" not in result.stdout] == []
+
+
 def test_training_a_tuned_network_imports_no_tuner(tmp_path):
     from conftest import write_rows
     write_rows("train", 200, tmp_path / "train.csv")
