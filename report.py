@@ -47,7 +47,7 @@ def plot_predictions(images, labels, probabilities, indices, path):
 
 
 def plot_misclassified(images, labels, probabilities, path, limit=64):
-    """The SHOW_INCORRECT picture: misclassified digits, most confident first."""
+    """run.py --show_incorrect's picture: misclassified digits, most confident first."""
     return plot_predictions(images, labels, probabilities, misclassified(labels, probabilities)[:limit], path)
 
 
@@ -287,7 +287,6 @@ def write_report(model, history, train_labels, val_images, val_labels, resources
         plot_confusion_matrix(metrics["confusion_matrix"], f"{resources_dir}/confusion_matrix.png"),
         plot_class_distribution(train_labels, val_labels, f"{resources_dir}/class_distribution.png"),
         plot_predictions(val_images, val_labels, probabilities, right[:64], f"{resources_dir}/correct_digits.png"),
-        plot_misclassified(val_images, val_labels, probabilities, f"{resources_dir}/misclassified_digits.png"),
         plot_confident_mistakes(val_images, val_labels, probabilities, f"{resources_dir}/most_confident_mistakes.png"),
     ]
     if isinstance(model, DigitNet):  # the pictures of its insides know DigitNet's layers

@@ -8,11 +8,11 @@
 model = "digitnet"               # the network, trained by its own recipe in model.py (see --list_models)
 params = ""                      # a tune.py best_params.json: train the network and recipe it describes
 # The training recipe. Left unset (None), each comes from the network's own recipe in model.MODELS (digitnet:
-# 20 epochs of one-cycle Adam peaking at 3e-3, batch 128, label smoothing 0.1, rotation 10, shift and zoom 0.1,
-# elastic distortion of strength 24 and smoothness 5).
-# Set here or given as a flag, it always wins.
+# 20 epochs of one-cycle Adam peaking at 5e-3, batch 128, label smoothing 0.05, rotation 10, shift and zoom 0.1,
+# elastic distortion of strength 24 and smoothness 5). Set here or given as a flag, it always wins.
 max_n_epochs: int = None         # the learning-rate schedule spans this many; early stopping may end sooner
-patience: int = None             # epochs without a better validation accuracy before stopping
+patience: int = None             # epochs without a lower validation loss before stopping (counted once the
+                                 # learning rate decays, so early stopping never cuts the schedule's warm-up)
 batch_size: int = None           # digits per training step
 learning_rate: float = None      # the one-cycle schedule's peak, or the constant rate of other schedules
 dropout_rate: float = None       # the share of the dense layer's units dropped in each training step
@@ -24,30 +24,26 @@ elastic_alpha: float = None      # augmentation: elastic distortion's strength i
 elastic_sigma: float = None      # augmentation: the smoothness of its random field, in pixels
 ema_decay: float = None          # evaluate and keep a moving average of the weights with this decay; 0: off
 outlier_exposure: float = None   # the weight of learning "no digit" on letters (letters.py) in every batch; 0: off
-                                 # (0.5: predict.py refuses letters, at a cost in digits; see README)
+                                 # (0.5: predict.py refuses more letters, at a cost in digits: docs/recipe.md)
 # The run.
-# 100: every digit trains and the whole schedule runs (no early stopping); below 100 the rest of train.csv is a
-# validation split that picks the epoch and feeds the report. benchmarks/holdout.py, folds 1 and 2: 99.49% and
-# 99.54% of unseen digits at 100, against 99.17% (early stopping cut the one-cycle schedule short) and 99.60% at 90.
-percent_data_for_training = 100  # of train.csv, to train on; the rest is the validation split
+percent_data_for_training = 90   # of train.csv, to train on; the rest is the validation split, which picks the
+                                 # epoch, stops early and feeds the report (100: no split, the last epoch is kept)
 seed = 42                        # the split, the initial weights, the data order, augmentation and dropout
 ensemble = 1                     # train this many networks (seeds seed, seed+1, ...) and average their outputs
 tta = True                       # test-time augmentation: also average over the digit shifted by one pixel
-                                 # (holdout folds 1-3: 101 errors of 25,200 unseen digits with it, 109 without)
 resume = False                   # go on from model/latest where an interrupted run stopped (same settings)
 deterministic = False            # TensorFlow's deterministic ops: two runs give bit-identical weights
 devices = ""                     # "": every GPU there is (else the CPU); or a list, "GPU:0,GPU:1" (see README)
 mixed_precision = True           # the layers compute in float16 on a GPU, bfloat16 on a CPU with bfloat16 units
-                                 # (AMX, AVX512-BF16), else float32; the weights stay float32 (the step 1.25x on
-                                 # an EPYC with AVX512-BF16, 1.55x on a Xeon with AMX; holdout folds 1-3, paired:
-                                 # 102 errors of 25,200 unseen digits against 106 in float32, and 99 against 101
-                                 # before the seed fix)
-SHOW_INCORRECT = False           # also list every misclassified validation digit (the report pictures them)
+                                 # (AMX, AVX512-BF16), else float32; the weights stay float32 (docs/performance.md)
+SHOW_INCORRECT = False           # list every misclassified validation digit and draw them in
+                                 # resources/misclassified_digits.png
 train = ""                       # train.csv's path; default: ./train.csv(.gz), else the shipped copy
 test = ""                        # test.csv's path; likewise
 # ------------------------------------------------------------------------------
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
@@ -89,6 +85,19 @@ def parse_flags(argv):
     return config
 
 
+def cannot_apply(config):
+    """Why a flag given cannot do what it says in this configuration (a one-line error), or None."""
+    if config.percent_data_for_training == 100:  # no validation split: nothing to stop early on or to list
+        for given, flag in ((config.patience is not None, "--patience"), (config.SHOW_INCORRECT, "--show_incorrect")):
+            if given:
+                return f"{flag} needs a validation split, and --percent_data_for_training 100 leaves none"
+    directories = [MODEL_DIR] if config.ensemble == 1 else [f"{MODEL_DIR}/ensemble/member-{member}"
+                                                             for member in range(1, config.ensemble + 1)]
+    if config.resume and not any(os.path.exists(f"{directory}/latest/checkpoint") for directory in directories):
+        return f"--resume: no interrupted run to go on from in {directories[0]}/latest; run without --resume"
+    return None
+
+
 def main(argv=None):
     config = parse_flags(sys.argv[1:] if argv is None else argv)
     started = time.time()
@@ -96,6 +105,8 @@ def main(argv=None):
         import_tensorflow()
         import model
         return print_models(model.describe_models())
+    if cannot_apply(config):
+        return fail(cannot_apply(config))
     import data  # numpy and pandas only: bad files are refused before TensorFlow starts
     try:
         train_path, test_path = data.find_csv("train", config.train), data.find_csv("test", config.test)
@@ -111,6 +122,7 @@ def main(argv=None):
     try:
         config.params = config.params and model.load_params(config.params)  # the file's contents, checked
         strategy = distribution_strategy(config.devices)
+        recipe_of(config)  # refuses a setting the recipe would not use
     except (data.DataError, ValueError) as error:
         return fail(error)
     split = data.split_train_validation(images, labels, config.percent_data_for_training, config.seed)
@@ -204,21 +216,33 @@ def train_or_reuse_member(config, member_seed, split, options):
 
 
 def network_and_recipe(config, seed):
-    """The network to train and its train.Recipe: --model's network and recipe, or --params' tuned network with
-    the optimiser, learning rate, batch size and dropout that its file sets; every recipe setting that was
-    given (not None) wins over both."""
+    """The network to train and its train.Recipe (recipe_of): --model's network, or --params' tuned network."""
+    import model
+
+    if config.params:
+        params = config.params if config.dropout_rate is None else {**config.params, "dropout_rate": config.dropout_rate}
+        network = model.tuned_network(params, seed)
+    else:
+        network = model.build_model(config.model, config.dropout_rate, seed)
+    return network, recipe_of(config)
+
+
+def recipe_of(config):
+    """--model's recipe, or --params' with the optimiser, learning rate and batch size that its file sets; every
+    recipe setting that was given (not None) wins over both. A setting the recipe would not use is refused
+    (ValueError): elastic distortion's smoothness without its strength."""
     import model
 
     given = {name: getattr(config, name) for name in RECIPE_SETTINGS if getattr(config, name) is not None}
-    dropout_rate = given.pop("dropout_rate", None)
+    given.pop("dropout_rate", None)  # the network's, not the recipe's
     recipe = model.training_recipe(config.model)
     if config.params:
         recipe = model.tuned_recipe(config.params, recipe)
-        params = config.params if dropout_rate is None else {**config.params, "dropout_rate": dropout_rate}
-        network = model.tuned_network(params, seed)
-    else:
-        network = model.build_model(config.model, dropout_rate, seed)
-    return network, model.with_overrides(recipe, **given)
+    recipe = model.with_overrides(recipe, **given)
+    if config.elastic_sigma is not None and not (recipe.augmentation or {}).get("elastic_alpha"):
+        raise ValueError(f"--elastic_sigma {config.elastic_sigma}: there is no elastic distortion to smooth; "
+                         "give --elastic_alpha too")
+    return recipe
 
 
 def write_outputs(config, members, history, split, test_images, run_name):
@@ -238,10 +262,10 @@ def write_outputs(config, members, history, split, test_images, run_name):
         report.write_report(members[0], history if config.ensemble == 1 else None, train_labels, val_images,
                             val_labels, RESOURCES_DIR, log_dir=f"{LOG_DIR}/{run_name}/report")
         if config.SHOW_INCORRECT:
-            print_misclassified(val_probabilities, val_labels)
+            print_misclassified(val_images, val_probabilities, val_labels)
     else:
-        print("no validation split (--percent_data_for_training 100): every digit trained, the whole schedule ran, "
-              "the last epoch is kept; no report. python benchmarks/holdout.py measures this recipe on unseen digits")
+        print("no validation split (--percent_data_for_training 100), so no report; python benchmarks/holdout.py "
+              "measures this recipe on unseen digits")
     checkpoints = f"{MODEL_DIR}/best, {MODEL_DIR}/latest" if config.ensemble == 1 else f"{MODEL_DIR}/ensemble/member-*/"
     print(f"checkpoints: {checkpoints}; SavedModel: {MODEL_DIR}/saved_model")
     print(f"TensorBoard logs: {LOG_DIR}/{run_name} (tensorboard --logdir {LOG_DIR}); submission: {SUBMISSION}")
@@ -261,10 +285,13 @@ def print_validation_accuracy(config, history, val_probabilities, val_labels):
     print(f"{what}{' with test-time augmentation' if config.tta else ''}: {100 * accuracy:.2f}%")
 
 
-def print_misclassified(val_probabilities, val_labels):
+def print_misclassified(val_images, val_probabilities, val_labels):
+    """SHOW_INCORRECT: every misclassified validation digit listed, the most confident mistakes first, and drawn."""
     import report
     predictions = val_probabilities.argmax(1)
-    print(f"misclassified validation digits (pictured in {RESOURCES_DIR}/misclassified_digits.png):")
+    picture = report.plot_misclassified(val_images, val_labels, val_probabilities,
+                                        f"{RESOURCES_DIR}/misclassified_digits.png")
+    print(f"misclassified validation digits (the first 64 drawn in {picture}):")
     for index in report.misclassified(val_labels, val_probabilities):
         print(f"  validation digit {index}: true {val_labels[index]}, predicted {predictions[index]} "
               f"(probability {val_probabilities[index, predictions[index]]:.2f})")

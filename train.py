@@ -22,8 +22,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tools import (TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer, Nadam,
-                   data_augmentation, one_cycle_learning_rate, random_generator)
+from tools import (ONE_CYCLE_WARMUP_FRACTION, TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage,
+                   LossScaleOptimizer, Nadam, data_augmentation, one_cycle_learning_rate, random_generator)
 
 EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
@@ -37,7 +37,8 @@ class Recipe:
     Each network's own recipe is in model.MODELS."""
     max_n_epochs: int | float     # the one-cycle schedule spans this many; early stopping may end sooner. A
                                   # fraction ends the last epoch early (time_to_accuracy's short schedules)
-    patience: int                 # epochs without a better validation accuracy before stopping
+    patience: int                 # epochs without a lower validation loss before stopping, counted only once
+                                  # the learning rate decays (one_cycle's warm-up never counts)
     batch_size: int
     learning_rate: float          # the schedule's peak (one_cycle) or its start (constant, plateau)
     optimizer: str = "adam"       # a name in OPTIMIZERS
@@ -183,11 +184,14 @@ def train(model, split, recipe, seed, options=RunOptions()):
 
 
 def best_epoch(history):
-    """The epoch that train() keeps: the highest validation accuracy, then the lowest validation loss, the
-    earliest of equals; without a validation split, the last."""
-    if not history or math.isnan(history[-1]["val_accuracy"]):
+    """The epoch that train() keeps: the lowest validation loss, then the highest validation accuracy, the
+    earliest of equals; without a validation split, the last. The loss rather than the accuracy: on a few
+    thousand digits the accuracy moves in steps of a digit or two, so its highest is often an epoch that was
+    lucky on these digits, early in the schedule's decay; the loss weighs every digit's confidence and falls
+    smoothly as the learning rate anneals."""
+    if not history or math.isnan(history[-1]["val_loss"]):
         return history[-1] if history else None
-    return max(history, key=lambda record: (record["val_accuracy"], -record["val_loss"]))
+    return max(history, key=lambda record: (-record["val_loss"], record["val_accuracy"]))
 
 
 class Training:
@@ -229,6 +233,9 @@ class Training:
                         else None)
             self.best_weights = [tf.Variable(variable, trainable=False) for variable in model.variables]
         self.plateau = Plateau(recipe.plateau_patience, recipe.plateau_factor)
+        # the epoch in which one_cycle's warm-up ends: patience counts from there on
+        self.decay_starts_after = (math.ceil(ONE_CYCLE_WARMUP_FRACTION * self.total_steps / self.steps_per_epoch)
+                                   if recipe.schedule == "one_cycle" else 0)
         self.progress = dict(epochs_done=0, steps_done=0, loss_sum=0.0, correct_sum=0.0, best_epoch=0, history=[],
                              plateau=[self.plateau.best, self.plateau.flat_epochs])
         self.training_seconds = 0.0
@@ -314,14 +321,25 @@ class Training:
                     break  # after_step ended training
                 self.end_epoch(epoch, time.time() - started)
                 if self.patience_ran_out():
-                    self.say(f"early stopping: no validation improvement for {self.recipe.patience} epochs")
+                    self.say(f"early stopping: no lower validation loss for {self.recipe.patience} epochs")
                     break
                 if stop.requested:
                     raise TrainingInterrupted(f"{stop.requested} at the end of epoch {epoch}" + self.saved_in())
         for variable, copy in zip(self.model.variables, self.best_weights):
             variable.assign(copy)
-        self.say(f"restored the best epoch, {self.progress['best_epoch']}" + (", its averaged weights" if self.ema else ""))
+        self.say(self.kept())
         return self.progress["history"]
+
+    def kept(self):
+        """The one line that says which epoch's weights the run keeps, and why."""
+        history, averaged = self.progress["history"], " (its averaged weights)" if self.ema else ""
+        if not history:
+            return "kept the initial weights: no epoch ran"
+        if not len(self.val_labels):
+            return f"kept the last epoch, {history[-1]['epoch']}{averaged}: there is no validation split to choose by"
+        best = best_epoch(history)
+        return (f"kept the best epoch, {best['epoch']} of {len(history)}{averaged}: the lowest validation loss "
+                f"({best['val_loss']:.4f}; accuracy {100 * best['val_accuracy']:.2f}%)")
 
     def run_epoch(self, epoch, stop):
         """The epoch's remaining steps, in the epoch's own order. -> False if after_step ended training."""
@@ -390,7 +408,13 @@ class Training:
         return self.ema.averaged() if self.ema else contextlib.nullcontext()
 
     def patience_ran_out(self):
-        return self.progress["epochs_done"] - self.progress["best_epoch"] >= self.recipe.patience
+        """`patience` epochs have passed since the best one, counting only epochs in which the learning rate
+        decays: a one-cycle schedule's warm-up, whose high rates make the validation accuracy wander, never ends
+        a run (stopped there, the schedule would never anneal). Without a validation split, never."""
+        if not len(self.val_labels):
+            return False
+        counted_from = max(self.progress["best_epoch"], self.decay_starts_after)
+        return self.progress["epochs_done"] - counted_from >= self.recipe.patience
 
     # ---- checkpoints ----
 

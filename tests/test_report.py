@@ -15,8 +15,7 @@ from PIL import Image
 import report
 
 REPO = Path(__file__).resolve().parents[1]
-PICTURES = ["confusion_matrix", "training_history", "class_distribution", "correct_digits", "misclassified_digits",
-            "most_confident_mistakes", "conv1_kernels", "feature_maps", "dense_weights"]
+PICTURES = ["confusion_matrix", "training_history", "class_distribution", "correct_digits", "most_confident_mistakes", "conv1_kernels", "feature_maps", "dense_weights"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

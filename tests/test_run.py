@@ -3,6 +3,7 @@ import csv
 import json
 import glob
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,19 +23,26 @@ def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     write_rows("train", 400, workdir / "train.csv")
     write_rows("test", 150, workdir / "test.csv")
-    result = run_py(["--max_n_epochs", "1", "--batch_size", "32", "--show_incorrect", "--percent_data_for_training",
-                     "90"], cwd=workdir)
+    result = run_py(["--max_n_epochs", "1", "--batch_size", "32", "--show_incorrect"], cwd=workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     (workdir / "stderr.txt").write_text(result.stderr)
     return workdir, result.stdout
 
 
-def test_by_default_every_digit_trains_the_whole_schedule_and_the_last_epoch_is_kept(tmp_path):
+def test_by_default_a_tenth_of_the_digits_is_a_validation_split_that_chooses_the_epoch(finished_run):
+    _, stdout = finished_run
+    assert "data: 359 training and 41 validation digits" in stdout
+    assert "kept the best epoch, 1 of 1: the lowest validation loss" in stdout
+
+
+def test_with_every_digit_in_training_the_whole_schedule_runs_and_the_last_epoch_is_kept(tmp_path):
     write_rows_for_run(tmp_path)
-    result = run_py(["--max_n_epochs", "2", "--patience", "1"], cwd=tmp_path)
+    result = run_py(["--max_n_epochs", "2", "--percent_data_for_training", "100"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "data: 300 training and 0 validation digits" in result.stdout
-    assert "epoch   2/2" in result.stdout and "restored the best epoch, 2" in result.stdout
+    assert "epoch   2/2" in result.stdout
+    kept = [line for line in result.stdout.splitlines() if line.startswith("kept")]
+    assert kept == ["kept the last epoch, 2: there is no validation split to choose by"]
     assert "no validation split" in result.stdout and not (tmp_path / "resources").exists()
 
 
@@ -119,8 +127,23 @@ def test_show_incorrect_lists_every_misclassified_validation_digit(finished_run)
 
 def test_the_run_writes_the_evaluation_report(finished_run):
     workdir, _ = finished_run
-    for name in ["report.md", "report.json", "confusion_matrix.png", "misclassified_digits.png"]:
+    for name in ["report.md", "report.json", "confusion_matrix.png", "most_confident_mistakes.png"]:
         assert (workdir / "resources" / name).stat().st_size > 0
+
+
+def test_show_incorrect_draws_the_misclassified_validation_digits(finished_run):
+    workdir, stdout = finished_run
+    assert (workdir / "resources" / "misclassified_digits.png").stat().st_size > 0
+    assert "drawn in resources/misclassified_digits.png" in stdout
+
+
+def test_without_show_incorrect_no_misclassified_digits_are_listed_or_drawn(tmp_path):
+    write_rows_for_run(tmp_path)
+    result = run_py(["--max_n_epochs", "1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not re.search(r"validation digit \d+:", result.stdout)
+    assert (tmp_path / "resources" / "report.md").exists()
+    assert not (tmp_path / "resources" / "misclassified_digits.png").exists()
 
 
 def test_help_lists_every_setting_with_its_default(tmp_path):
@@ -132,7 +155,8 @@ def test_help_lists_every_setting_with_its_default(tmp_path):
     assert "--max_n_epochs INT    the learning-rate schedule spans this many" in result.stdout
     text = " ".join(result.stdout.split())  # as argparse wraps it
     assert "stopping may end sooner (default: the network's own)" in text
-    assert "the rest is the validation split (default: 100)" in text
+    assert "the rest is the validation split, which picks the epoch, stops early and feeds the report (100: no " \
+           "split, the last epoch is kept) (default: 90)" in text
 
 
 @pytest.mark.parametrize("args, message", [
@@ -146,6 +170,25 @@ def test_bad_flags_are_refused_with_exit_code_2(tmp_path, args, message):
     result = run_py(args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--percent_data_for_training", "100", "--show_incorrect"],
+     "--show_incorrect needs a validation split, and --percent_data_for_training 100 leaves none"),
+    (["--percent_data_for_training", "100", "--patience", "3"],
+     "--patience needs a validation split, and --percent_data_for_training 100 leaves none"),
+    (["--resume"], "--resume: no interrupted run to go on from in model/latest; run without --resume"),
+    (["--resume", "--ensemble", "2"], "--resume: no interrupted run to go on from in model/ensemble/member-1/latest"),
+    (["--model", "cnn_small", "--elastic_sigma", "3"], "--elastic_sigma 3.0: there is no elastic distortion to smooth"),
+    (["--elastic_alpha", "0", "--elastic_sigma", "3"], "--elastic_sigma 3.0: there is no elastic distortion to smooth"),
+])
+def test_a_flag_that_cannot_apply_is_refused_in_one_line(tmp_path, args, message):
+    write_rows_for_run(tmp_path)
+    (tmp_path / "submission.csv").write_text("ImageId,Label\n1,7\n")
+    result = run_py(args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "submission.csv").read_text() == "ImageId,Label\n1,7\n"
 
 
 def test_bad_data_file_exits_2_and_leaves_the_old_submission(tmp_path):
@@ -167,15 +210,13 @@ def test_ensemble_keeps_each_member_and_a_rerun_reuses_them(tmp_path):
     from conftest import write_rows
     write_rows("train", 300, tmp_path / "train.csv")
     write_rows("test", 50, tmp_path / "test.csv")
-    first = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32", "--percent_data_for_training", "90"],
-                   cwd=tmp_path)
+    first = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("epoch   1/1") == 2
     assert "validation accuracy of the 2-member ensemble" in first.stdout
     for member in (1, 2):
         assert (tmp_path / "model" / "ensemble" / f"member-{member}" / "finished.json").exists()
-    again = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32", "--percent_data_for_training", "90"],
-                   cwd=tmp_path)
+    again = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "epoch   1/1" not in again.stdout and again.stdout.count("reusing the finished member") == 2
     assert (tmp_path / "submission.csv").read_text().count("\n") == 51

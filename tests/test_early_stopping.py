@@ -1,0 +1,84 @@
+"""Early stopping and the choice of epoch, as train.train makes them: the validation accuracy of each epoch is
+scripted (train.evaluate replaced), so each test says exactly which epoch must be kept and when the run must stop.
+One step an epoch on 64 real digits, so that the weights after each epoch can be recorded by after_step."""
+import numpy as np
+import pytest
+
+import train
+from model import DigitNet
+
+N_TRAIN = 64
+
+
+@pytest.fixture
+def split(real_digits):
+    images, labels = real_digits
+    return images[:N_TRAIN], labels[:N_TRAIN], images[N_TRAIN:N_TRAIN + 32], labels[N_TRAIN:N_TRAIN + 32]
+
+
+def train_scripted(monkeypatch, split, scores, schedule="constant", patience=100):
+    """train.train on `split` with one step an epoch, the validation (loss, accuracy) of epoch k being scores[k-1]
+    -> (the history, the network, its weights after each epoch: {epoch: [arrays]})."""
+    epochs = iter(scores)
+    monkeypatch.setattr(train, "evaluate", lambda model, images, labels: next(epochs))
+    network, after_epoch = DigitNet(seed=1), {}
+
+    def record(step, seconds):
+        after_epoch[step] = [variable.numpy().copy() for variable in network.variables]
+
+    recipe = train.Recipe(max_n_epochs=len(scores), patience=patience, batch_size=N_TRAIN, learning_rate=1e-3,
+                          schedule=schedule)
+    history = train.train(network, split, recipe, 0, train.RunOptions(after_step=record, verbose=False))
+    return history, network, after_epoch
+
+
+def weights_equal(network, weights):
+    return all(np.array_equal(variable.numpy(), kept) for variable, kept in zip(network.variables, weights))
+
+
+def test_the_epoch_with_the_lowest_validation_loss_is_kept(monkeypatch, split):
+    scores = [(0.5, 0.80), (0.3, 0.85), (0.4, 0.90), (0.6, 0.70)]
+    history, network, after_epoch = train_scripted(monkeypatch, split, scores)
+    assert len(history) == 4
+    assert weights_equal(network, after_epoch[2]) and not weights_equal(network, after_epoch[4])
+
+
+def test_a_tie_in_validation_loss_goes_to_the_higher_validation_accuracy(monkeypatch, split):
+    scores = [(0.3, 0.85), (0.3, 0.90), (0.3, 0.88)]
+    _, network, after_epoch = train_scripted(monkeypatch, split, scores)
+    assert weights_equal(network, after_epoch[2])
+
+
+def test_a_tie_in_accuracy_and_loss_goes_to_the_earlier_epoch(monkeypatch, split):
+    scores = [(0.3, 0.90), (0.3, 0.90)]
+    _, network, after_epoch = train_scripted(monkeypatch, split, scores)
+    assert weights_equal(network, after_epoch[1])
+
+
+def test_training_stops_after_exactly_patience_epochs_without_a_lower_loss(monkeypatch, split):
+    scores = [(0.5, 0.80), (0.3, 0.90), (0.3, 0.90), (0.31, 0.95), (0.3, 0.90), (0.1, 0.99), (0.1, 0.99)]
+    history, network, after_epoch = train_scripted(monkeypatch, split, scores, patience=3)
+    assert [record["epoch"] for record in history] == [1, 2, 3, 4, 5]
+    assert weights_equal(network, after_epoch[2])
+
+
+def test_one_cycle_warm_up_epochs_never_count_towards_patience(monkeypatch, split):
+    # eight epochs of one step: the warm-up is a quarter of the steps, epochs 1 and 2; the decay starts at the peak,
+    # in epoch 3, the first epoch that counts
+    scores = [(0.1, 0.90)] + [(0.5, 0.50)] * 7
+    history, _, _ = train_scripted(monkeypatch, split, scores, schedule="one_cycle", patience=1)
+    assert history[0]["learning_rate"] < history[1]["learning_rate"] < history[2]["learning_rate"]
+    assert [record["epoch"] for record in history] == [1, 2, 3]
+
+
+def test_without_a_validation_split_every_epoch_runs_and_the_last_is_kept(split):
+    train_images, train_labels, _, _ = split
+    network, after_epoch = DigitNet(seed=1), {}
+
+    def record(step, seconds):
+        after_epoch[step] = [variable.numpy().copy() for variable in network.variables]
+
+    recipe = train.Recipe(max_n_epochs=3, patience=1, batch_size=N_TRAIN, learning_rate=1e-3)
+    no_validation = (train_images, train_labels, train_images[:0], train_labels[:0])
+    history = train.train(network, no_validation, recipe, 0, train.RunOptions(after_step=record, verbose=False))
+    assert len(history) == 3 and weights_equal(network, after_epoch[3])
