@@ -11,8 +11,8 @@ params = ""                      # a tune.py best_params.json: train the network
 # 20 epochs of one-cycle Adam peaking at 5e-3, batch 128, label smoothing 0.05, rotation 10, shift and zoom 0.1,
 # elastic distortion of strength 24 and smoothness 5). Set here or given as a flag, it always wins.
 max_n_epochs: int = None         # the learning-rate schedule spans this many; early stopping may end sooner
-patience: int = None             # epochs without a lower validation loss before stopping (counted once the
-                                 # learning rate decays, so early stopping never cuts the schedule's warm-up)
+patience: int = None             # epochs without a better validation accuracy before stopping, counted once the
+                                 # learning rate has annealed to a tenth of its peak (so never cutting the schedule)
 batch_size: int = None           # digits per training step
 learning_rate: float = None      # the one-cycle schedule's peak, or the constant rate of other schedules
 dropout_rate: float = None       # the share of the dense layer's units dropped in each training step

@@ -10,7 +10,6 @@ import math
 import tensorflow as tf
 
 INITIAL_WEIGHTS, TRAINING_DRAWS = 0, 1  # random_generator's streams: a network's weights; augmentation and dropout
-ONE_CYCLE_WARMUP_FRACTION = 0.25  # of one_cycle_learning_rate's steps, spent climbing to the peak
 
 # ---------------------------------------------------------------------------------------------------------
 # random streams
@@ -500,8 +499,7 @@ class ExponentialMovingAverage(tf.Module):
 # learning-rate schedule
 
 
-def one_cycle_learning_rate(step, total_steps, peak_learning_rate, warmup_fraction=ONE_CYCLE_WARMUP_FRACTION,
-                            final_fraction=1e-3):
+def one_cycle_learning_rate(step, total_steps, peak_learning_rate, warmup_fraction=0.25, final_fraction=1e-3):
     """One-cycle schedule (Smith 2018, in the form of PyTorch's OneCycleLR with linear warm-up):
 
         w = warmup_fraction * total_steps

@@ -22,8 +22,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tools import (ONE_CYCLE_WARMUP_FRACTION, TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage,
-                   LossScaleOptimizer, Nadam, data_augmentation, one_cycle_learning_rate, random_generator)
+from tools import (TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer, Nadam,
+                   data_augmentation, one_cycle_learning_rate, random_generator)
 
 EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
@@ -37,8 +37,8 @@ class Recipe:
     Each network's own recipe is in model.MODELS."""
     max_n_epochs: int | float     # the one-cycle schedule spans this many; early stopping may end sooner. A
                                   # fraction ends the last epoch early (time_to_accuracy's short schedules)
-    patience: int                 # epochs without a lower validation loss before stopping, counted only once
-                                  # the learning rate decays (one_cycle's warm-up never counts)
+    patience: int                 # epochs without a better validation accuracy before stopping, counted only
+                                  # once the schedule has annealed (see Training.annealed_from)
     batch_size: int
     learning_rate: float          # the schedule's peak (one_cycle) or its start (constant, plateau)
     optimizer: str = "adam"       # a name in OPTIMIZERS
@@ -184,14 +184,13 @@ def train(model, split, recipe, seed, options=RunOptions()):
 
 
 def best_epoch(history):
-    """The epoch that train() keeps: the lowest validation loss, then the highest validation accuracy, the
-    earliest of equals; without a validation split, the last. The loss rather than the accuracy: on a few
-    thousand digits the accuracy moves in steps of a digit or two, so its highest is often an epoch that was
-    lucky on these digits, early in the schedule's decay; the loss weighs every digit's confidence and falls
-    smoothly as the learning rate anneals."""
-    if not history or math.isnan(history[-1]["val_loss"]):
+    """The epoch that train() keeps: of the annealed epochs (each record's "annealed"; all of them if none is),
+    the highest validation accuracy, then the lowest validation loss, the earliest of equals; without a
+    validation split, the last."""
+    if not history or math.isnan(history[-1]["val_accuracy"]):
         return history[-1] if history else None
-    return max(history, key=lambda record: (-record["val_loss"], record["val_accuracy"]))
+    candidates = [record for record in history if record.get("annealed", True)] or history
+    return max(candidates, key=lambda record: (record["val_accuracy"], -record["val_loss"]))
 
 
 class Training:
@@ -233,9 +232,7 @@ class Training:
                         else None)
             self.best_weights = [tf.Variable(variable, trainable=False) for variable in model.variables]
         self.plateau = Plateau(recipe.plateau_patience, recipe.plateau_factor)
-        # the epoch in which one_cycle's warm-up ends: patience counts from there on
-        self.decay_starts_after = (math.ceil(ONE_CYCLE_WARMUP_FRACTION * self.total_steps / self.steps_per_epoch)
-                                   if recipe.schedule == "one_cycle" else 0)
+        self.annealed_from = self.first_annealed_epoch()
         self.progress = dict(epochs_done=0, steps_done=0, loss_sum=0.0, correct_sum=0.0, best_epoch=0, history=[],
                              plateau=[self.plateau.best, self.plateau.flat_epochs])
         self.training_seconds = 0.0
@@ -321,7 +318,7 @@ class Training:
                     break  # after_step ended training
                 self.end_epoch(epoch, time.time() - started)
                 if self.patience_ran_out():
-                    self.say(f"early stopping: no lower validation loss for {self.recipe.patience} epochs")
+                    self.say(f"early stopping: no better validation accuracy for {self.recipe.patience} epochs")
                     break
                 if stop.requested:
                     raise TrainingInterrupted(f"{stop.requested} at the end of epoch {epoch}" + self.saved_in())
@@ -338,8 +335,10 @@ class Training:
         if not len(self.val_labels):
             return f"kept the last epoch, {history[-1]['epoch']}{averaged}: there is no validation split to choose by"
         best = best_epoch(history)
-        return (f"kept the best epoch, {best['epoch']} of {len(history)}{averaged}: the lowest validation loss "
-                f"({best['val_loss']:.4f}; accuracy {100 * best['val_accuracy']:.2f}%)")
+        among = (f" of the annealed epochs {self.annealed_from}-{len(history)}" if self.annealed_from > 1
+                 and len(history) >= self.annealed_from else "")
+        return (f"kept the best epoch, {best['epoch']} of {len(history)}{averaged}: the highest validation "
+                f"accuracy{among} ({100 * best['val_accuracy']:.2f}%, loss {best['val_loss']:.4f})")
 
     def run_epoch(self, epoch, stop):
         """The epoch's remaining steps, in the epoch's own order. -> False if after_step ended training."""
@@ -384,7 +383,7 @@ class Training:
         record = dict(epoch=epoch, train_loss=progress["loss_sum"] / n_seen,
                       train_accuracy=progress["correct_sum"] / n_seen, val_loss=val_loss,
                       val_accuracy=val_accuracy, learning_rate=float(self.optimizer.learning_rate.numpy()),
-                      seconds=seconds)
+                      seconds=seconds, annealed=epoch >= self.annealed_from)
         progress["history"].append(record)
         progress.update(epochs_done=epoch, steps_done=0, loss_sum=0.0, correct_sum=0.0)
         validation = f"val loss {val_loss:.4f} acc {100 * val_accuracy:.2f}%  " if len(self.val_labels) else ""
@@ -407,13 +406,30 @@ class Training:
         """A block in which the model holds the moving averages of its weights (with ema_decay; else its own)."""
         return self.ema.averaged() if self.ema else contextlib.nullcontext()
 
+    def first_annealed_epoch(self):
+        """The first epoch that ends with the learning rate at a tenth of its peak or less: 1 for a constant or
+        plateau schedule. The epochs before it (a one-cycle schedule's climb and most of its descent) neither
+        count towards patience nor are candidates for the kept epoch: at those rates the weights still move
+        fast, and an epoch that happens to score well on a few thousand validation digits is not yet the
+        network the schedule is made to end on; stopped there, the schedule would never anneal."""
+        if self.recipe.schedule != "one_cycle":
+            return 1
+
+        def final_rate(epoch):
+            last_step = min(epoch * self.steps_per_epoch, self.total_steps) - 1
+            return float(one_cycle_learning_rate(last_step, self.total_steps, self.recipe.learning_rate))
+
+        epoch = math.ceil(self.recipe.max_n_epochs)  # from the end back: the warm-up starts low too
+        while epoch > 1 and final_rate(epoch - 1) <= self.recipe.learning_rate / 10:
+            epoch -= 1
+        return epoch
+
     def patience_ran_out(self):
-        """`patience` epochs have passed since the best one, counting only epochs in which the learning rate
-        decays: a one-cycle schedule's warm-up, whose high rates make the validation accuracy wander, never ends
-        a run (stopped there, the schedule would never anneal). Without a validation split, never."""
+        """`patience` epochs have passed since the best one, counting only annealed epochs (first_annealed_epoch).
+        Without a validation split, never."""
         if not len(self.val_labels):
             return False
-        counted_from = max(self.progress["best_epoch"], self.decay_starts_after)
+        counted_from = max(self.progress["best_epoch"], self.annealed_from - 1)
         return self.progress["epochs_done"] - counted_from >= self.recipe.patience
 
     # ---- checkpoints ----

@@ -36,15 +36,15 @@ def weights_equal(network, weights):
     return all(np.array_equal(variable.numpy(), kept) for variable, kept in zip(network.variables, weights))
 
 
-def test_the_epoch_with_the_lowest_validation_loss_is_kept(monkeypatch, split):
-    scores = [(0.5, 0.80), (0.3, 0.85), (0.4, 0.90), (0.6, 0.70)]
+def test_the_epoch_with_the_highest_validation_accuracy_is_kept(monkeypatch, split):
+    scores = [(0.5, 0.80), (0.4, 0.90), (0.3, 0.85), (0.2, 0.70)]
     history, network, after_epoch = train_scripted(monkeypatch, split, scores)
     assert len(history) == 4
     assert weights_equal(network, after_epoch[2]) and not weights_equal(network, after_epoch[4])
 
 
-def test_a_tie_in_validation_loss_goes_to_the_higher_validation_accuracy(monkeypatch, split):
-    scores = [(0.3, 0.85), (0.3, 0.90), (0.3, 0.88)]
+def test_a_tie_in_validation_accuracy_goes_to_the_lower_validation_loss(monkeypatch, split):
+    scores = [(0.5, 0.90), (0.3, 0.90), (0.4, 0.90)]
     _, network, after_epoch = train_scripted(monkeypatch, split, scores)
     assert weights_equal(network, after_epoch[2])
 
@@ -55,20 +55,22 @@ def test_a_tie_in_accuracy_and_loss_goes_to_the_earlier_epoch(monkeypatch, split
     assert weights_equal(network, after_epoch[1])
 
 
-def test_training_stops_after_exactly_patience_epochs_without_a_lower_loss(monkeypatch, split):
-    scores = [(0.5, 0.80), (0.3, 0.90), (0.3, 0.90), (0.31, 0.95), (0.3, 0.90), (0.1, 0.99), (0.1, 0.99)]
+def test_training_stops_after_exactly_patience_epochs_without_a_better_accuracy(monkeypatch, split):
+    scores = [(0.5, 0.80), (0.4, 0.90), (0.4, 0.90), (0.3, 0.89), (0.4, 0.90), (0.1, 0.99), (0.1, 0.99)]
     history, network, after_epoch = train_scripted(monkeypatch, split, scores, patience=3)
     assert [record["epoch"] for record in history] == [1, 2, 3, 4, 5]
     assert weights_equal(network, after_epoch[2])
 
 
-def test_one_cycle_warm_up_epochs_never_count_towards_patience(monkeypatch, split):
-    # eight epochs of one step: the warm-up is a quarter of the steps, epochs 1 and 2; the decay starts at the peak,
-    # in epoch 3, the first epoch that counts
-    scores = [(0.1, 0.90)] + [(0.5, 0.50)] * 7
-    history, _, _ = train_scripted(monkeypatch, split, scores, schedule="one_cycle", patience=1)
-    assert history[0]["learning_rate"] < history[1]["learning_rate"] < history[2]["learning_rate"]
-    assert [record["epoch"] for record in history] == [1, 2, 3]
+def test_a_one_cycle_schedule_is_never_stopped_or_chosen_from_before_it_anneals(monkeypatch, split):
+    # twenty epochs of one step: the learning rate reaches a tenth of its peak in epoch 18. Epoch 1 scores best of
+    # all, but its weights are the schedule's start, not its end: it neither starts patience nor is kept.
+    scores = [(0.1, 0.99)] + [(0.5, 0.50)] * 16 + [(0.3, 0.80), (0.4, 0.70), (0.4, 0.70)]
+    history, network, after_epoch = train_scripted(monkeypatch, split, scores, schedule="one_cycle", patience=1)
+    peak = max(record["learning_rate"] for record in history)
+    assert history[16]["learning_rate"] > peak / 10 >= history[17]["learning_rate"]
+    assert [record["epoch"] for record in history] == list(range(1, 20))
+    assert weights_equal(network, after_epoch[18])
 
 
 def test_without_a_validation_split_every_epoch_runs_and_the_last_is_kept(split):

@@ -32,7 +32,7 @@ def finished_run(tmp_path_factory):
 def test_by_default_a_tenth_of_the_digits_is_a_validation_split_that_chooses_the_epoch(finished_run):
     _, stdout = finished_run
     assert "data: 359 training and 41 validation digits" in stdout
-    assert "kept the best epoch, 1 of 1: the lowest validation loss" in stdout
+    assert "kept the best epoch, 1 of 1: the highest validation accuracy" in stdout
 
 
 def test_with_every_digit_in_training_the_whole_schedule_runs_and_the_last_epoch_is_kept(tmp_path):
