@@ -76,18 +76,46 @@ def test_every_link_to_a_heading_names_a_heading_of_that_page(page):
 
 # ---- the README's commands leave git's working copy clean ----
 
+# What the commands write by default, each a file a command of the README writes (a run, report.py,
+# predict.py --show, experiments.py, tune.py, the benchmarks); none may be tracked, every one must be ignored.
+WRITTEN = ["submission.csv", "model/saved_model.1/saved_model.pb", "model/best_params.json", "tf_logs/1/events",
+           "resources/report.md", "resources/report.json", "resources/confusion_matrix.png",
+           "resources/misclassified_digits.png", "resources/handwriting/seven.mnist.png", "resources/compare.md",
+           "resources/compare.png", "resources/tuning.md", "resources/hardest_digits.png",
+           "benchmarks/results/speed.json", "benchmarks/results/time_to_accuracy.json",
+           "benchmarks/results/holdout.json", "benchmarks/results/holdout_ensemble3.json",
+           "benchmarks/results/photos.json"]
+
+
 def git(directory, *args):
     return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, check=True).stdout
+
+
+def repo_git(*args):
+    """git in this repository; skips the test where the repository is no git checkout."""
+    try:
+        return git(REPO, *args)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+
+
+def test_every_file_the_commands_write_is_ignored_by_git():
+    ignored = repo_git("check-ignore", "--no-index", *WRITTEN).split()
+    assert [path for path in WRITTEN if path not in ignored] == []
+
+
+def test_git_tracks_nothing_where_the_commands_write_but_serve_pys_page_and_the_sample_photos():
+    tracked = repo_git("ls-files", "--", "resources", "benchmarks/results", "model", "tf_logs").split()
+    kept = [path for path in tracked if path != "resources/draw.html" and not (
+        path.startswith("resources/handwriting/") and not path.endswith(".mnist.png"))]
+    assert kept == [], "a command would overwrite these tracked files; the docs' copies belong under docs/"
 
 
 @pytest.fixture(scope="module")
 def fresh_clone(tmp_path_factory):
     """A fresh `git clone` of this repository at its current commit, as a newcomer gets it, and small CSVs
     written outside it (so that nothing of the test's own lands in the clone). -> (the clone, run)."""
-    try:
-        head = git(REPO, "rev-parse", "HEAD").strip()
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout: nothing to clone")
+    head = repo_git("rev-parse", "HEAD").strip()
     root = tmp_path_factory.mktemp("front_door")
     clone, csvs = root / "clone", root / "csvs"
     subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(REPO), str(clone)], check=True)
