@@ -21,7 +21,7 @@ SAMPLE_PHOTOS = ["resources/handwriting/seven.jpg", "resources/handwriting/year.
 
 def prose(text):
     """The page without its code: fenced blocks and `inline code` hold commands and paths, not links."""
-    return re.sub(r"`[^`\n]*`", "", re.sub(r"(?ms)^```.*?^```", "", text))
+    return re.sub(r"`[^`]*`", "", re.sub(r"(?ms)^```.*?^```", "", text))  # a code span may wrap a line
 
 
 def links(text):
