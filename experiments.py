@@ -5,9 +5,10 @@
     python experiments.py shift                # digits at random places on a 48x48 canvas: MLP against CNN
     python experiments.py batch_size           # accuracy and wall time against batch size
     python experiments.py sanity               # K random validation digits beside the chance of all K right
-    python experiments.py NAME --quick         # a few minutes: 2,000 rows, at most 2 epochs, 1 seed
+    python experiments.py NAME --quick         # a smoke run of a few minutes: 2,000 rows, at most 2 epochs, 1 seed
 
-Each trains its networks by their own recipes (model.MODELS), prints a table and writes resources/NAME.png.
+Each trains its networks by their own recipes (model.MODELS), prints a table and writes resources/NAME.png
+(compare also its table, resources/compare.md); a --quick smoke run writes NAME_quick.png and compare_quick.md.
 Only train.csv is read (split into training and validation as run.py splits it); test.csv has no labels.
 """
 # ---- settings: each is also a flag, e.g. --seeds 5 ----
@@ -75,9 +76,16 @@ def markdown_table(header, rows):
     return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
 
 
-def save_figure(figure, filename):
+def output_path(filename, settings):
+    """Where an experiment writes filename: a --quick smoke run's numbers mean nothing, so it writes
+    NAME_quick.EXT, never over a full run's."""
+    stem, extension = os.path.splitext(filename)
+    return os.path.join(RESOURCES_DIR, f"{stem}_quick{extension}" if settings.quick else filename)
+
+
+def save_figure(figure, path):
     figure.tight_layout()
-    path = files.save_figure(figure, os.path.join(RESOURCES_DIR, filename), dpi=100)
+    path = files.save_figure(figure, path, dpi=100)
     plt.close(figure)
     print(f"figure: {path}")
 
@@ -107,7 +115,7 @@ def compare(split, settings):
         [[name, f"{mean:.2f}", f"{spread:.2f}" if settings.seeds > 1 else "-", f"{parameters:,}",
           f"{flops / 1e6:,.1f}", f"{seconds:.1f}"] for name, mean, spread, parameters, flops, seconds in results])
     print(table)
-    path = files.write_text(os.path.join(RESOURCES_DIR, "compare.md"), table + "\n")
+    path = files.write_text(output_path("compare.md", settings), table + "\n")
     print(f"table: {path}")
 
     names, means, spreads = [row[0] for row in results], [row[1] for row in results], [row[2] for row in results]
@@ -121,7 +129,7 @@ def compare(split, settings):
     capped = f", at most {settings.max_n_epochs} epochs" if settings.max_n_epochs else ""
     axis.set_title(f"{settings.seeds} seed(s) each, {len(split[1])} training digits{capped} (labels: parameters)")
     axis.tick_params(axis="x", rotation=20)
-    save_figure(figure, "compare.png")
+    save_figure(figure, output_path("compare.png", settings))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,7 +185,7 @@ def shift(split, settings):
     axis.set_ylim(max(0, min(accuracies.values()) - 10), 100)
     axis.set_ylabel("validation accuracy %")
     axis.legend()
-    save_figure(figure, "shift.png")
+    save_figure(figure, output_path("shift.png", settings))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -210,7 +218,7 @@ def batch_size(split, settings):
         axis.set_xscale("log")
         axis.set_xlabel("digits per step")
     figure.suptitle(f"{settings.model} on {n_train} training digits, the same epochs and learning rate throughout")
-    save_figure(figure, "batch_size.png")
+    save_figure(figure, output_path("batch_size.png", settings))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -258,7 +266,7 @@ def sanity(split, settings):
     curve.set_ylabel("probability all K are right, %")
     curve.set_title(f"these {k}: {n_right} right; all {k} right {100 * accuracy ** k:.0f}% of the time", fontsize=9)
     curve.legend(fontsize=8)
-    save_figure(figure, "sanity.png")
+    save_figure(figure, output_path("sanity.png", settings))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -288,8 +296,8 @@ def main(argv=None):
     images, labels = data.load_train(path, max_rows=settings.rows or None)
     split = data.split_train_validation(images, labels, settings.percent_data_for_training, settings.seed)
     if settings.quick:
-        print(f"quick run: the first {len(labels)} rows of {path}, at most {settings.max_n_epochs} epochs, "
-              f"{settings.seeds} seed(s); a smoke test of the experiment, not the write-ups' numbers")
+        print(f"quick: a smoke run on the first {len(labels)} rows of {path}, at most {settings.max_n_epochs} "
+              f"epochs, {settings.seeds} seed(s); its numbers mean nothing (written as {RESOURCES_DIR}/*_quick.*)")
     print(f"{settings.name}: {len(split[1])} training and {len(split[3])} validation digits from {path}")
     EXPERIMENTS[settings.name](split, settings)
     print(f"{time.time() - started:.0f}s in all")

@@ -318,8 +318,8 @@ def main(argv=None):
         print(f"error: no trained model in {MODEL_DIR}/best/; run python run.py first", file=sys.stderr)
         return 2
     if settings["percent_data_for_training"] == 100:
-        print(f"error: the model in {MODEL_DIR}/ trained on every digit, so there are none left to report on; "
-              "train one with python run.py --percent_data_for_training 90", file=sys.stderr)
+        print(f"error: the model in {MODEL_DIR}/ trained on every digit (--percent_data_for_training 100), so there "
+              "are none left to report on; train one with a validation split: python run.py", file=sys.stderr)
         return 2
     import data
     try:

@@ -1,7 +1,7 @@
 """Search for the best network and training recipe with Optuna, in the time you have, resumably.
 
     python tune.py --trials 50 --timeout 3600     # 50 more trials or an hour, whichever comes first
-    python tune.py --quick                         # a couple of minutes on 3,000 digits: a smoke run
+    python tune.py --quick                         # a smoke run of a couple of minutes on 3,000 digits
     python run.py --params model/best_params.json  # then train the winner
 
 Each trial draws a network (2-3 conv layers of 32-256 filters of 3x3-7x7, 1-2 dense layers of 64-512 units)
@@ -12,7 +12,8 @@ network costs one epoch, not all of them. The study lives in a SQLite database: 
 the same command resumes an interrupted search, and several processes can share one study.
 
 Writes resources/tuning.md (the best and worst 10 trials), resources/tuning_history.png,
-resources/tuning_accuracies.png and model/best_params.json.
+resources/tuning_accuracies.png and model/best_params.json; a --quick smoke run writes the same names ending in
+_quick (tuning_quick.md, ..., best_params_quick.json), never over a real search's.
 """
 # ---- settings: each is also a flag, e.g. --trials 20 ----
 trials = 100                          # trials to run now, on top of those already in the study
@@ -246,15 +247,16 @@ def default_sentence(trials, finished):
             f"{rank} of {len(finished)} finished trials.")
 
 
-def write_results(study, resources_dir=RESOURCES_DIR, model_dir=MODEL_DIR):
-    """The best and worst 10 finished trials as tables (printed and in tuning.md), the two pictures, and the
-    best trial's params in best_params.json; -> the best params, or None before any trial has finished."""
+def write_results(study, resources_dir=RESOURCES_DIR, model_dir=MODEL_DIR, suffix=""):
+    """The best and worst 10 finished trials as tables (printed and in tuning{suffix}.md), the two pictures, and
+    the best trial's params in best_params{suffix}.json; -> the best params, or None before any trial has
+    finished."""
     trials = [t for t in study.get_trials(deepcopy=False) if "params" in t.user_attrs]
     finished = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
     if not finished:
         print("no trial has finished yet: nothing to report")
         return None
-    states = Counter(t.state for t in trials)
+    states, params = Counter(t.state for t in trials), f"{model_dir}/best_params{suffix}.json"
     out_of_time = sum(bool(t.user_attrs.get("stopped")) for t in trials)
     best = finished[0]
     text = (f"# Hyperparameter search: study {study.study_name}\n\n"
@@ -262,17 +264,17 @@ def write_results(study, resources_dir=RESOURCES_DIR, model_dir=MODEL_DIR):
             f"({out_of_time} of them at the time limit), {states[TrialState.FAIL]} failed, "
             f"{states[TrialState.RUNNING]} running. Settings: {json.dumps(study.user_attrs.get('settings'))}.\n"
             f"The best, trial {best.number}, reached {100 * best.value:.2f}% validation accuracy; its params are in "
-            f"{model_dir}/best_params.json (`python run.py --params {model_dir}/best_params.json` trains it).\n"
+            f"{params} (`python run.py --params {params}` trains it).\n"
             f"{default_sentence(trials, finished)}\n\n"
             f"## The best {min(10, len(finished))}\n\n{markdown_table(finished[:10])}\n\n"
             f"## The worst {min(10, len(finished))}\n\n{markdown_table(finished[::-1][:10])}\n")
     print(text)
-    files.write_text(f"{resources_dir}/tuning.md", text)
-    plot_history(trials, f"{resources_dir}/tuning_history.png")
-    plot_accuracies(finished, f"{resources_dir}/tuning_accuracies.png")
-    write_params(f"{model_dir}/best_params.json", best.user_attrs["params"])
-    print(f"tuning: {resources_dir}/tuning.md, tuning_history.png, tuning_accuracies.png; "
-          f"best params: {model_dir}/best_params.json")
+    files.write_text(f"{resources_dir}/tuning{suffix}.md", text)
+    plot_history(trials, f"{resources_dir}/tuning_history{suffix}.png")
+    plot_accuracies(finished, f"{resources_dir}/tuning_accuracies{suffix}.png")
+    write_params(params, best.user_attrs["params"])
+    print(f"tuning: {resources_dir}/tuning{suffix}.md, tuning_history{suffix}.png, tuning_accuracies{suffix}.png; "
+          f"best params: {params}")
     return best.user_attrs["params"]
 
 
@@ -296,7 +298,7 @@ def main(argv=None):
     config = parse_flags(sys.argv[1:] if argv is None else argv)
     if config.quick:
         print(f"quick: {config.rows} digits, {config.max_n_epochs} epochs a trial, {config.trials} trials or "
-              f"{config.timeout}s, study {config.study}: a smoke run of the search, its accuracies are not a result")
+              f"{config.timeout}s, study {config.study}: a smoke run of the search; its numbers mean nothing")
     try:
         images, labels = data.load_train(data.find_csv("train"), max_rows=config.rows or None)
     except data.DataError as error:
@@ -322,7 +324,7 @@ def main(argv=None):
         search(tuning, digits, config)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished trials are kept in {config.storage}; the same command resumes")
-    write_results(tuning)
+    write_results(tuning, suffix="_quick" if config.quick else "")
     return 0
 
 

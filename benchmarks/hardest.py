@@ -1,7 +1,7 @@
 """Which unseen digits does every network get wrong? The floor under holdout.py's figures and under an ensemble.
 
-    python benchmarks/hardest.py                  # every benchmarks/results/holdout_*.json
-    python benchmarks/hardest.py --results "benchmarks/results/holdout_default*.json"
+    python benchmarks/hardest.py                  # every run kept as evidence, docs/results/holdout_*.json
+    python benchmarks/hardest.py --results "benchmarks/results/holdout_*.json"   # your own runs
 
 Reads what holdout.py wrote: for each fold a run scored, the train.csv rows it got wrong, [row, label,
 predicted]. For each fold that --min_runs runs or more scored, it counts the digits every run got wrong, the
@@ -16,8 +16,8 @@ that many errors on the fold, and likely near "in at least half"; networks like 
 Only runs dealt from the same train.csv (holdout.py's --n_folds, --fold_seed and all of its rows) are
 comparable, so the rest (a --rows smoke run, say) are left out, with a line saying so.
 """
-# ---- settings: each is also a flag, e.g. --results "benchmarks/results/holdout_default*.json" ----
-results = "benchmarks/results/holdout_*.json"  # holdout.py's JSONs to read: a glob, relative to the repo
+# ---- settings: each is also a flag, e.g. --results "benchmarks/results/holdout_*.json" ----
+results = "docs/results/holdout_*.json"  # holdout.py's JSONs to read: a glob, relative to the repo
 n_folds = 5              # holdout.py's --n_folds of the runs to read
 fold_seed = 0            # holdout.py's --fold_seed of the runs to read
 min_runs = 5             # only folds that at least this many runs scored: of two runs, "wrong in every run" is

@@ -15,14 +15,15 @@ its own validation split, carved from the training part. The finished model's su
 once against the fold's labels: digits that took no part in training, early stopping or any choice.
 
 Beside each fold's held-out accuracy stands run.py's own "validation accuracy (best epoch, E of N)": the best
-of the epochs on the digits that chose it, so optimistic (with --percent_data_for_training 100, the default,
-there is none). Each run trains on 80% of what run.py's final model trains on (33,600 digits of 42,000), so the
-held-out figure, if anything, understates the final model a little.
+of the epochs on the digits that chose it, so optimistic (with -- --percent_data_for_training 100 there is
+none). Each fold's run trains on 80% of what run.py trains on when given all of train.csv (by default 90% of
+33,600 digits against 90% of 42,000), so the held-out figure, if anything, understates that model a little.
 
 Every flag not listed below, and everything after `--`, goes to run.py unchanged (python run.py --help lists
 them); holdout.py sets --train and --test itself. Prints a markdown table, the mean and sample standard
 deviation of the held-out accuracy, and writes benchmarks/results/holdout.json (holdout_TAG.json with --tag;
-with --rows, *_quick.json, so that a smoke run never overwrites a measurement).
+with --rows, *_quick.json). benchmarks/results/ is not tracked by git: the runs the docs cite are kept in
+docs/results/, where no command writes.
 """
 # ---- settings: each is also a flag, e.g. --run_folds 5 ----
 n_folds = 5              # train.csv is dealt into this many folds (5: 8,400 digits each)
@@ -226,6 +227,8 @@ def main(argv=None):
     chosen = range(settings.first_fold, settings.first_fold + settings.run_folds)
     print(f"{len(labels):,} digits of {train_path} dealt into {settings.n_folds} folds; running "
           f"{', '.join(map(str, chosen))}: python run.py {' '.join(run_py_args)}", flush=True)
+    if settings.rows:
+        print(f"a smoke run on {len(labels):,} rows (--rows): its numbers mean nothing", flush=True)
     folds = []
     for fold in chosen:
         try:

@@ -1,26 +1,27 @@
 """How well does predict.py read photos as people take them, and say "?" for what is not a digit?
 
-    python run.py --percent_data_for_training 90   # a model that leaves digits unseen (the default trains on all)
+    python run.py                          # a model that leaves digits unseen: its validation split (10%)
     python benchmarks/photos.py            # about 20 minutes on that model/saved_model
     python benchmarks/photos.py --quick    # a smoke run in seconds; its numbers mean nothing
 
-The digits are real: train.csv digits from the validation split of that run (data.split_train_validation with
-its percent_data_for_training and seed, read from model/settings.json), which the model did not train on. Each is enlarged and
-written onto a rendered photo under one condition: clean; dim; a lamp to one side; ruled paper; squared paper;
-specks; a small digit in a 3000x2250 photo; blue ballpoint; pencil; JPEG at quality 8-20; and all of the hard
-ones at once. Numbers of 2 to 5 such digits are written in a row (gaps from slightly touching to wide) under a
-condition drawn at random. Pictures that are no digit: blank paper (plain, dim, lamp-lit, ruled, squared),
+The digits are real: train.csv digits from the validation split of that run (data.split_train_validation with its
+percent_data_for_training and seed, read from model/settings.json), which the model did not train on. Each is
+enlarged and written onto a rendered photo under one condition: clean; dim; a lamp to one side; ruled paper;
+squared paper; specks; a small digit in a 3000x2250 photo; blue ballpoint; pencil; JPEG at quality 8-20; and all
+of the hard ones at once. Numbers of 2 to 5 such digits are written in a row (gaps from slightly touching to wide)
+under a condition drawn at random. Pictures that are no digit: blank paper (plain, dim, lamp-lit, ruled, squared),
 specks alone, noise (uniform, Gaussian, blotches) and letter-like pictures (handwritten-style capitals that are
 not shaped like digits: A E F H K M N R W X, and a few symbols). A network trained with --outlier_exposure is
 taught letters as no digit (letters.py): these capitals and symbols among others, but printed in fonts, not
-written with a shaky pen as here; the README gives what a network taught none of these capitals refuses.
+written with a shaky pen as here; docs/photos.md gives what a network taught none of these capitals refuses.
 
 predict.MIN_CONFIDENCE and predict.MAX_NOVELTY are calibrated on the first half of the validation digits and on
 not-a-digit pictures of one seed (the calibration table: the shares answered at each threshold, and the lowest
 novelty that still answers 99% of those digits); every other row is measured on the second half and pictures of
 another seed, letters drawn afresh. Today's preprocessing
 (predict.to_mnist as of commit 08c48fd) reads the same single-digit photos, for comparison. Prints a table and
-writes benchmarks/results/photos.json.
+writes benchmarks/results/photos.json (not tracked by git; the measurements the docs cite are kept in
+docs/results/).
 """
 # ---- settings: each is also a flag, e.g. --per_condition 100 ----
 per_condition = 100      # photos of single digits per condition (and not-a-digit pictures per kind)
@@ -420,12 +421,11 @@ def unseen_split(model_path):
     validation split holds the digits it never saw. -> None, having said why in a line, if there are none."""
     trained = files.read_json(model_path.parent / "settings.json")
     if not (model_path / "saved_model.pb").exists() or trained is None:
-        print(f"error: no model in {model_path}; run python run.py --percent_data_for_training 90 first",
-              file=sys.stderr)
+        print(f"error: no model in {model_path}; run python run.py first", file=sys.stderr)
         return None
     if trained["percent_data_for_training"] == 100:
-        print(f"error: the model in {model_path} trained on every digit of train.csv, so none is unseen; "
-              "run python run.py --percent_data_for_training 90 first", file=sys.stderr)
+        print(f"error: the model in {model_path} trained on every digit of train.csv (--percent_data_for_training "
+              "100), so none is unseen; run python run.py, which keeps a validation split, first", file=sys.stderr)
         return None
     return trained["percent_data_for_training"], trained["seed"]
 
@@ -433,6 +433,8 @@ def unseen_split(model_path):
 def main(settings):
     import data
     n, n_numbers = (2, 1) if settings.quick else (settings.per_condition, settings.per_length)
+    if settings.quick:
+        print("quick: a smoke run of 2 photos a condition; its numbers mean nothing", flush=True)
     model_path = REPO / settings.model
     split = unseen_split(model_path)
     if split is None:
@@ -467,6 +469,8 @@ def main(settings):
     print_calibration(calibration, sum(len(results) for results, _ in calibration_digits.values()),
                       sum(len(results) for results in calibration_others.values()))
     met = targets(rows)
+    if settings.quick:
+        print("the targets (a smoke run: met or missed here means nothing):")
     for line in met:
         print(f"{'met   ' if line['met'] else 'MISSED'} {line['target']}: {100 * line['measured']:.1f}% "
               f"(target >= {100 * line['at_least']:.0f}%)")

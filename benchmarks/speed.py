@@ -3,9 +3,10 @@
     python benchmarks/speed.py             # the full measurement (a few minutes; run it on a quiet machine)
     python benchmarks/speed.py --quick     # a smoke run in seconds; its numbers mean nothing
 
-Prints a table and writes it to benchmarks/results/speed.json: training images/s of each contender (the
-median over `rounds` rounds in which the contenders take turns, so that a busy neighbour slows them alike),
-ours / Keras as a ratio, achieved GFLOP/s against the CPU's peak, inference over test.csv, peak memory.
+Prints a table and writes it to benchmarks/results/speed.json (not tracked by git; the measurements the docs
+cite are kept in docs/results/): training images/s of each contender (the median over `rounds` rounds in which
+the contenders take turns, so that a busy neighbour slows them alike), ours / Keras as a ratio, achieved
+GFLOP/s against the CPU's peak, inference over test.csv, peak memory.
 """
 # ---- settings: each is also a flag, e.g. --steps 50 ----
 steps = 100              # timed training steps per contender per round
@@ -35,6 +36,7 @@ import flags  # noqa: E402  (the repo's modules are importable only from here on
 globals().update(vars(flags.settings_parser(globals()).parse_args()))
 if quick:
     steps, warmup_steps, rounds, test_rows, inference_repeats = 3, 2, 1, 300, 2
+    print("quick: a smoke run of a few steps; its numbers mean nothing", flush=True)
 load_at_start = os.getloadavg()[0]  # recorded: a figure taken on a busy machine should say so
 
 from devices import import_tensorflow  # noqa: E402

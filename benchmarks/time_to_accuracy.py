@@ -10,7 +10,8 @@ test-time augmentation (airbench scores with its own), on the share of train.csv
 `python run.py --seed S --percent_data_for_training 90` makes). Its time is train.train's own count of seconds spent in
 training steps (after the data is loaded, the first step's tracing included, no evaluation). The time to a
 threshold is the shortest schedule whose mean held-out accuracy over the seeds reaches it, with that schedule's
-median training seconds. Prints a table and writes benchmarks/results/time_to_accuracy.json.
+median training seconds. Prints a table and writes benchmarks/results/time_to_accuracy.json (not tracked by
+git; the measurements the docs cite are kept in docs/results/).
 """
 # ---- settings: each is also a flag, e.g. --seeds 3 ----
 epochs = "1,1.25,1.5,2,4,5,6,8"  # the schedules to run, each the default recipe compressed into this many
@@ -40,6 +41,7 @@ parser = flags.settings_parser(globals())
 globals().update(vars(parser.parse_args()))
 if quick:
     rows, epochs, seeds = 300, "1", 2
+    print("quick: a smoke run on 300 rows; its numbers mean nothing", flush=True)
 try:
     SCHEDULES = [float(n) for n in epochs.split(",")]
 except ValueError:

@@ -22,6 +22,7 @@ def run_quick(script, tmp_path, *args):
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), "--quick", "--out", str(out),
                              *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "a smoke run" in result.stdout and "its numbers mean nothing" in result.stdout  # said, not implied
     return result.stdout, json.loads(out.read_text())
 
 
@@ -157,6 +158,7 @@ def test_holdout_smoke_run_prints_its_table_writes_its_json_and_leaves_the_repo_
                              "--percent_data_for_training", "90"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "a smoke run on 600 rows (--rows): its numbers mean nothing" in result.stdout
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert [cell.strip() for cell in table[0].strip("|").split("|")] == [
         "fold", "digits", "held-out accuracy", "errors", "validation (best epoch)", "epoch", "run.py wall (s)",
@@ -188,6 +190,11 @@ def holdout_json(directory, name, labels, wrong_by_fold, rows=None, n_folds=5, f
     settings = dict(n_folds=n_folds, fold_seed=fold_seed, rows=len(labels) if rows is None else rows)
     path.write_text(json.dumps(dict(settings=settings, folds=folds)))
     return path
+
+
+def test_hardest_reads_the_holdout_runs_kept_as_evidence_by_default():
+    assert hardest.results == "docs/results/holdout_*.json"
+    assert len(list(REPO.glob(hardest.results))) >= 5  # enough runs for its --min_runs
 
 
 def test_hardest_counts_the_digits_every_run_at_least_half_and_any_run_got_wrong(real_digits, tmp_path):

@@ -44,20 +44,30 @@ def table_rows(output, header):
 
 
 @pytest.mark.parametrize("name", EXPECTED)
-def test_quick_run_says_so_prints_its_table_and_writes_its_figure(name, workdir, capsys):
+def test_quick_run_says_it_is_a_smoke_run_prints_its_table_and_writes_its_own_quick_files(name, workdir, capsys):
     # compare trains every network twice (for a spread), so on fewer rows
     extra = ["--seeds", "2", "--rows", "200"] if name == "compare" else []
     assert experiments.main([name, "--quick", "--max_n_epochs", "1", *extra]) == 0
     output = capsys.readouterr().out
-    assert f"quick run: the first {200 if name == 'compare' else 300} rows of train.csv" in output
+    [said] = [line for line in output.splitlines() if line.startswith("quick: ")]
+    assert said.startswith(f"quick: a smoke run on the first {200 if name == 'compare' else 300} rows of train.csv")
+    assert "its numbers mean nothing" in said
     header, first_cells, figure = EXPECTED[name]
     assert table_rows(output, header) == first_cells
-    assert (workdir / "resources" / figure).read_bytes()[:8] == PNG_MAGIC
-    assert not list((workdir / "resources").glob("*.tmp*"))  # written under a temporary name, then renamed
+    quick = figure.replace(".png", "_quick.png")  # never over a full run's figure
+    assert sorted(path.name for path in (workdir / "resources").iterdir()) == (
+        ["compare_quick.md", quick] if name == "compare" else [quick])  # no temporary file left either
+    assert (workdir / "resources" / quick).read_bytes()[:8] == PNG_MAGIC
     if name == "compare":  # the same table as markdown, with a spread over the two trials
-        table = (workdir / "resources" / "compare.md").read_text()
+        table = (workdir / "resources" / "compare_quick.md").read_text()
         assert table in output + "\n" and table.startswith(header)
         assert all(line.split(" | ")[2] not in ("-", "nan") for line in table.splitlines()[2:])
+
+
+def test_a_full_run_writes_the_figure_and_table_under_their_own_names():
+    full, quick = (experiments.parse_settings(["compare", *given]) for given in ([], ["--quick"]))
+    assert experiments.output_path("compare.md", full) == "resources/compare.md"
+    assert experiments.output_path("compare.png", quick) == "resources/compare_quick.png"
 
 
 def test_quick_means_2000_rows_2_epochs_and_1_seed_unless_told_otherwise():

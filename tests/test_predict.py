@@ -500,6 +500,7 @@ def test_the_photos_benchmark_smoke_run_prints_its_table_and_writes_its_json(tmp
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validation split" in result.stdout  # it says which digits it used
+    assert "quick: a smoke run" in result.stdout and "met or missed here means nothing" in result.stdout
     results = json.loads(out.read_text())
     assert [row["kind"] for row in results["rows"]] == ["single digit"] * 11 + ["number"] * 4 + ["not a digit"] * 4
     assert len(results["targets"]) == 5 and results["calibration"]["novelty"]

@@ -233,3 +233,13 @@ def test_the_results_are_written_as_tables_pictures_and_the_best_params(two_sess
         assert (workdir / "resources" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_params(workdir / "model" / "best_params.json") == best.user_attrs["params"]
 
+
+def test_a_quick_run_says_it_is_a_smoke_run_and_writes_only_its_own_quick_files(tmp_path, capsys):
+    with contextlib.chdir(tmp_path), smallest_networks():
+        assert tune.main(["--quick", *TINY_RUN, "--trials", "1"]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("quick: ")]
+    assert len(said) == 1 and said[0].endswith("a smoke run of the search; its numbers mean nothing")
+    assert sorted(path.name for path in (tmp_path / "resources").iterdir()) == [
+        "tuning_accuracies_quick.png", "tuning_history_quick.png", "tuning_quick.md"]
+    assert sorted(path.name for path in (tmp_path / "model").iterdir()) == ["best_params_quick.json", "tuning.db"]
+
