@@ -331,10 +331,10 @@ def main(argv=None):
         images, labels, settings["percent_data_for_training"], settings["seed"])
     from devices import import_tensorflow
     tf = import_tensorflow()
-    import model as networks
+    import recipes
 
-    model = (networks.tuned_network(settings["params"], 0) if settings["params"]
-             else networks.build_model(settings["model"], settings["dropout_rate"]))
+    model = (recipes.tuned_network(settings["params"], 0) if settings["params"]
+             else recipes.build_model(settings["model"], settings["dropout_rate"]))
     tf.train.Checkpoint(model=model).read(tf.train.latest_checkpoint(f"{MODEL_DIR}/best")).expect_partial() \
         .assert_existing_objects_matched()
     history = (files.read_json(f"{RESOURCES_DIR}/report.json") or {}).get("history")

@@ -34,7 +34,7 @@ NO_DIGIT = -1  # the label of a batch's letters (outlier exposure)
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How a network is trained: everything but the data, the seed and where the outputs go.
-    Each network's own recipe is in model.MODELS."""
+    Each network's own recipe is in recipes.MODELS."""
     max_n_epochs: int | float     # the one-cycle schedule spans this many; early stopping may end sooner. A
                                   # fraction ends the last epoch early (time_to_accuracy's short schedules)
     patience: int                 # epochs without a lower validation loss before stopping, counted only once

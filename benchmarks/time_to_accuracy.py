@@ -54,7 +54,7 @@ import data  # noqa: E402
 import ensemble  # noqa: E402
 import files  # noqa: E402
 import train  # noqa: E402
-from model import build_model, training_recipe  # noqa: E402
+from recipes import build_model, training_recipe  # noqa: E402
 
 THRESHOLDS = [float(percent) for percent in thresholds.split(",")]
 load_at_start = os.getloadavg()[0]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import data
-import model
+import recipes
 import predict
 import train
 from conftest import draw_letter
@@ -50,8 +50,8 @@ def train_briefly(train_images, train_labels, val_images, val_labels, **recipe):
     import tensorflow as tf
 
     tf.random.set_seed(SEED)
-    network = model.build_model("digitnet", seed=SEED)
-    recipe = model.training_recipe("digitnet", max_n_epochs=EPOCHS, batch_size=BATCH_SIZE, **recipe)
+    network = recipes.build_model("digitnet", seed=SEED)
+    recipe = recipes.training_recipe("digitnet", max_n_epochs=EPOCHS, batch_size=BATCH_SIZE, **recipe)
     train.train(network, (train_images, train_labels, val_images, val_labels), recipe, SEED,
                 train.RunOptions(verbose=False))
     return network

@@ -1,4 +1,4 @@
-"""The registered networks (model.MODELS) and the training extras their recipes use: sizes and costs counted
+"""The registered networks (recipes.MODELS) and the training extras their recipes use: sizes and costs counted
 from the architectures by hand, a step of training on real digits, and the plateau schedule, class weights,
 weight penalty and outlier exposure's loss against Keras' own."""
 import dataclasses
@@ -11,7 +11,8 @@ import tensorflow as tf
 import letters
 import train
 from conftest import train_with
-from model import MODELS, DigitNet, build_model, count_parameters, describe_models, training_recipe
+from model import DigitNet, count_parameters
+from recipes import MODELS, build_model, describe_models, training_recipe
 from tools import one_cycle_learning_rate
 from train import (OPTIMIZERS, Plateau, balanced_class_weights, cross_entropy, kernel_penalty, named_variables,
                    uniform_cross_entropy)
