@@ -14,7 +14,7 @@ the very preprocessing python predict.py uses:
 
 "digits" is "?" when there is no digit (then "details" says why, and "pieces" may be empty). A body over
 MAX_BYTES is refused with 413, another Content-Type with 415, a file that is not a picture with 400, and one
-of more than predict.MAX_PIXELS pixels (a decompression bomb) with 413, each as {"error": "..."}; the server
+of more than photo.MAX_PIXELS pixels (a decompression bomb) with 413, each as {"error": "..."}; the server
 goes on serving. Flask's own server: meant for your machine, so it listens on 127.0.0.1 unless told otherwise.
 """
 import argparse
@@ -30,6 +30,7 @@ from flask import Flask, jsonify, request, send_file
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
+import photo
 import predict
 
 MAX_BYTES = 5 * 1024 * 1024  # a phone photo as JPEG is 2-5 MB
@@ -59,7 +60,7 @@ def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=pred
         try:
             with one_at_a_time:
                 reading = predict.read(io.BytesIO(body), classify, min_confidence, max_novelty)
-        except predict.PictureTooLarge as error:
+        except photo.PictureTooLarge as error:
             return refuse(413, str(error))
         except ValueError as error:
             return refuse(400, str(error))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import data
+import photo
 import recipes
-import predict
 import train
 from conftest import draw_letter
 
@@ -63,9 +63,9 @@ def digits():
 
 
 def pen_letter(strokes):
-    """A letter written with a pen (conftest.draw_letter) -> float32 [28, 28, 1], made as predict.py makes a
+    """A letter written with a pen (conftest.draw_letter) -> float32 [28, 28, 1], made as photo.py makes a
     photo's digit."""
-    return predict.to_mnist(1 - np.asarray(draw_letter(strokes), np.float32) / 255)[..., None]
+    return photo.to_mnist(1 - np.asarray(draw_letter(strokes), np.float32) / 255)[..., None]
 
 
 def test_a_short_training_gets_most_unseen_digits_right(digits):
