@@ -274,16 +274,10 @@ def random_displacement_fields(rng, n, height, width, alpha: float, sigma: float
     Smoothing makes neighbours move together (a rubber sheet, not noise): each component has mean 0 and, away
     from the border, standard deviation alpha * sqrt(1/3) * sum_k w_k^2 (w the 1-D kernel), about
     alpha / (sqrt(12 pi) sigma); it tapers off near the border, where the smoothing averages in zeros.
-    (No normalisation of the field, as in the common implementations of the paper.)"""
+    (No normalisation of the field, as in the common implementations of the paper.) Strength for 28x28 digits:
+    Simard et al. use alpha 34, sigma 4 (on 29x29); Kaggle kernels use alpha 36, sigma 6 alone, or alpha 8-12,
+    sigma 3 together with an affine transform."""
     return alpha * gaussian_smooth(rng.uniform([n, 2, height, width], -1.0, 1.0), sigma)
-
-
-def elastic_distortion(images, rng, alpha: float, sigma: float):
-    """Each image [N,H,W,1] resampled through its own random field: displace(images, random_displacement_fields).
-    Strength for 28x28 digits: Simard et al. use alpha 34, sigma 4 (on 29x29); Kaggle kernels use alpha 36,
-    sigma 6 alone, or alpha 8-12, sigma 3 together with an affine transform."""
-    fields = random_displacement_fields(rng, tf.shape(images)[0], images.shape[1], images.shape[2], alpha, sigma)
-    return displace(images, fields)
 
 
 def data_augmentation(images, rng, max_rotation_degrees=15.0, max_shift_fraction=0.1, max_zoom_fraction=0.1,

@@ -1,6 +1,6 @@
 """How well does predict.py read photos as people take them, and say "?" for what is not a digit?
 
-    python run.py --percent_data_for_training 90   # a model that leaves digits unseen (the default trains on all)
+    python run.py                          # a model that leaves a tenth of train.csv's digits unseen
     python benchmarks/photos.py            # about 20 minutes on that model/saved_model
     python benchmarks/photos.py --quick    # a smoke run in seconds; its numbers mean nothing
 
