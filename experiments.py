@@ -1,4 +1,5 @@
-"""The original write-ups' experiments, rebuilt on this project's networks and their recipes (recipes.MODELS) and training loop.
+"""The original write-ups' experiments, rebuilt on this project's networks, their recipes (recipes.MODELS) and its
+training loop.
 
     python experiments.py compare --seeds 3    # every network: validation accuracy over seeds, size, speed
     python experiments.py compare --models mlp,cnn_small   # only these

@@ -7,9 +7,8 @@
 # ---- configuration: every name here is also a flag, e.g. --batch_size 256 ----
 model = "digitnet"               # the network, trained by its own recipe (recipes.py; see --list_models)
 params = ""                      # a tune.py best_params.json: train the network and recipe it describes
-# The training recipe. Left unset (None), each comes from the network's own recipe in recipes.MODELS (digitnet:
-# 20 epochs of one-cycle Adam peaking at 5e-3, batch 128, label smoothing 0.05, rotation 10, shift and zoom 0.1,
-# elastic distortion of strength 24 and smoothness 5). Set here or given as a flag, it always wins.
+# The training recipe. Left unset (None), each comes from the network's own recipe in recipes.MODELS; set here or
+# given as a flag, it wins. How digitnet's recipe was chosen: docs/recipe.md.
 max_n_epochs: int = None         # the learning-rate schedule spans this many; early stopping may end sooner
 patience: int = None             # epochs without a lower validation loss before stopping (counted once the
                                  # learning rate decays, so early stopping never cuts the schedule's warm-up)

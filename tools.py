@@ -80,11 +80,11 @@ def normalize_by_batch(x, scale, offset, epsilon):
 
     (mean and var depend on every x; the two sums are what that dependence adds up to). Only y is
     differentiated: mean and var feed the moving statistics, which are assigned, not learnt.
-    Speed: a batch's activations are large and each pass over them costs as much as a convolution here, so
-    both directions are folded into per-channel coefficients, y = m x + b and dL/dx = m dy + p x + q, and the
+    Speed: a batch's activations are large and every pass over them counts in the step's time, so both
+    directions are folded into per-channel coefficients, y = m x + b and dL/dx = m dy + p x + q, and the
     per-channel sums are matrix products with a row of ones, one per example, then added up: faster than
-    reduce_sum on this CPU, and as exact (a single product over the whole batch adds 78,400 values in a row,
-    and drifts by 1e-4 of the sum).
+    reduce_sum on a CPU (docs/performance.md), and as exact (a single product over the whole batch adds 78,400
+    values in a row, and drifts by 1e-4 of the sum).
     Under tf.distribute with several replicas, the batch is the global batch: each replica's sums are added
     across replicas (synchronised batch norm, Keras' SyncBatchNormalization), in the forward pass and in dL/dx,
     so that N devices compute what one device would on the whole batch; each replica returns its own share of
@@ -218,8 +218,8 @@ def gaussian_smooth(maps, sigma: float):
     """Each 2-D map [..., H, W] convolved with a Gaussian of standard deviation sigma (pixels), zeros beyond the
     border: scipy.ndimage.gaussian_filter(map, sigma, mode='constant', cval=0). The 2-D Gaussian is the product
     of two 1-D ones, so smooth = G_H @ map @ G_W^T (gaussian_matrix): the separable convolution with zero
-    padding, as two matrix products: 30x faster here than two tf.nn.depthwise_conv2d passes (33 taps at
-    sigma 4), which cost 20x the whole affine augmentation."""
+    padding, as two matrix products: far faster than two tf.nn.depthwise_conv2d passes, whose many taps at a
+    large sigma (33 at sigma 4) would cost more than the whole affine augmentation (docs/performance.md)."""
     height, width = maps.shape[-2], maps.shape[-1]
     return tf.matmul(tf.matmul(gaussian_matrix(height, sigma), maps), gaussian_matrix(width, sigma), transpose_b=True)
 
@@ -285,7 +285,7 @@ def data_augmentation(images, rng, max_rotation_degrees=15.0, max_shift_fraction
     """A different random rotation, zoom, shear and shift for every image [N,H,W,1] of the batch, in the graph;
     then, if elastic_alpha > 0, an elastic distortion of the result, its field in the output's frame:
     out(p) = image(M (p + d(p))), in one resampling (displace). With elastic_alpha 0 nothing more is drawn from
-    rng and the affine path is the one it always was, so existing recipes give the same images."""
+    rng: a recipe without elastic distortion gets the images of the affine transform alone, draw for draw."""
     n, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
     matrices = random_augmentation_matrices(rng, n, height, width, max_rotation_degrees, max_shift_fraction,
                                             max_zoom_fraction, max_shear)
