@@ -78,12 +78,14 @@ class DigitNet(tf.Module):
         return x @ weight(self.dense2, x) + weight(self.bias2, x)
 
     def blocks(self, images, training=False):
-        """Each block's output, the diagram's rows: the three conv blocks' (the third's flattened, 1152) and the
-        dense layer's (after batch norm and ReLU: what the last layer reads, through dropout)."""
+        """Each block's output, the diagram's rows: the three conv blocks' maps ([batch, 14, 14, 32],
+        [batch, 7, 7, 64], [batch, 3, 3, 128]) and the dense layer's [batch, 128] (after batch norm and ReLU: what
+        the last layer reads, through dropout). The feature-map picture (report.feature_maps) shows these."""
         block1 = conv_pool_bn_relu(images, self.conv1, self.bn1, training)
         block2 = conv_pool_bn_relu(block1, self.conv2, self.bn2, training)
-        block3 = flatten(conv_pool_bn_relu(block2, self.conv3, self.bn3, training))
-        dense = tf.nn.relu(batch_normalize(block3 @ weight(self.dense1, block3), self.bn4, training))
+        block3 = conv_pool_bn_relu(block2, self.conv3, self.bn3, training)
+        flat = flatten(block3)
+        dense = tf.nn.relu(batch_normalize(flat @ weight(self.dense1, flat), self.bn4, training))
         return block1, block2, block3, dense
 
     def features(self, images, training=False):
@@ -92,7 +94,7 @@ class DigitNet(tf.Module):
         the picture (32 and 64 channels), the third's 3x3x128 whole (small enough for its covariance) and the
         dense layer's 128 -> [batch, 32], [batch, 64], [batch, 1152], [batch, 128]."""
         block1, block2, block3, dense = self.blocks(images, training)
-        return [tf.reduce_mean(block1, axis=[1, 2]), tf.reduce_mean(block2, axis=[1, 2]), block3, dense]
+        return [tf.reduce_mean(block1, axis=[1, 2]), tf.reduce_mean(block2, axis=[1, 2]), flatten(block3), dense]
 
 
 # ---------------------------------------------------------------------------------------------------------
