@@ -2,13 +2,15 @@
 
 Each network is a tf.Module: its variables are created in __init__ (so tf.train.Checkpoint and
 tf.saved_model find them) and __call__ is the forward pass, written to read like the diagram above it.
-Images come in as float32 [batch, 28, 28, 1] in [0, 1]; logits go out as [batch, 10].
+Images come in as float32 [batch, 28, 28, 1] in [0, 1]; logits go out as [batch, 10]. Each layer's ops are
+grouped under a name (tools.name_scoped: conv, maxpool, batch_norm, dropout, dense; DigitNet's blocks as its
+diagram draws them), so that TensorBoard's graph of a traced network reads like its diagram.
 """
 import math
 
 import tensorflow as tf
 
-from tools import batch_norm_variables, batch_normalize, dropout, random_generator
+from tools import batch_norm_variables, batch_normalize, dropout, name_scoped, random_generator
 
 N_CLASSES = 10
 
@@ -28,12 +30,20 @@ def conv_kernel(rng, size, in_channels, out_channels):
     return he_normal(rng, [size, size, in_channels, out_channels], size * size * in_channels)
 
 
+@name_scoped("conv")
+def conv(x, kernel, padding="SAME", bias=None):
+    """Stride-1 convolution, plus a bias if given. 'SAME' keeps the map's size; 'VALID' (Keras' default) shrinks
+    it by kernel size - 1."""
+    x = tf.nn.conv2d(x, weight(kernel, x), strides=1, padding=padding)
+    return x if bias is None else x + weight(bias, x)
+
+
 def conv_bn_relu(x, kernel, bn, training):
     """3x3/5x5 'same' convolution, then batch norm (which makes a conv bias redundant), then ReLU."""
-    x = tf.nn.conv2d(x, weight(kernel, x), strides=1, padding="SAME")
-    return tf.nn.relu(batch_normalize(x, bn, training))
+    return tf.nn.relu(batch_normalize(conv(x, kernel), bn, training))
 
 
+@name_scoped("maxpool")
 def max_pool(x):
     return tf.nn.max_pool2d(x, ksize=2, strides=2, padding="VALID")
 
@@ -42,8 +52,7 @@ def conv_pool_bn_relu(x, kernel, bn, training):
     """'same' convolution, 2x2 max pool, batch norm, ReLU: conv_bn_relu then the pool, in an order that makes batch
     norm and ReLU work on a quarter of the values. Not quite the same network: batch norm's statistics are the
     pooled values', and a negative batch-norm scale would pool the minimum instead (ReLU and the maximum commute)."""
-    x = max_pool(tf.nn.conv2d(x, weight(kernel, x), strides=1, padding="SAME"))
-    return tf.nn.relu(batch_normalize(x, bn, training))
+    return tf.nn.relu(batch_normalize(max_pool(conv(x, kernel)), bn, training))
 
 
 class DigitNet(tf.Module):
@@ -75,17 +84,23 @@ class DigitNet(tf.Module):
 
     def __call__(self, images, training=False, rng=None):
         x = dropout(self.blocks(images, training)[-1], self.dropout_rate, rng, training)
-        return x @ weight(self.dense2, x) + weight(self.bias2, x)
+        with tf.name_scope("logits"):
+            return x @ weight(self.dense2, x) + weight(self.bias2, x)
 
     def blocks(self, images, training=False):
         """Each block's output, the diagram's rows: the three conv blocks' maps ([batch, 14, 14, 32],
         [batch, 7, 7, 64], [batch, 3, 3, 128]) and the dense layer's [batch, 128] (after batch norm and ReLU: what
-        the last layer reads, through dropout). The feature-map picture (report.feature_maps) shows these."""
-        block1 = conv_pool_bn_relu(images, self.conv1, self.bn1, training)
-        block2 = conv_pool_bn_relu(block1, self.conv2, self.bn2, training)
-        block3 = conv_pool_bn_relu(block2, self.conv3, self.bn3, training)
-        flat = flatten(block3)
-        dense = tf.nn.relu(batch_normalize(flat @ weight(self.dense1, flat), self.bn4, training))
+        the last layer reads, through dropout). The feature-map picture (report.feature_maps) shows these; each
+        block is one box of TensorBoard's graph, named as here."""
+        with tf.name_scope("block1"):
+            block1 = conv_pool_bn_relu(images, self.conv1, self.bn1, training)
+        with tf.name_scope("block2"):
+            block2 = conv_pool_bn_relu(block1, self.conv2, self.bn2, training)
+        with tf.name_scope("block3"):
+            block3 = conv_pool_bn_relu(block2, self.conv3, self.bn3, training)
+        with tf.name_scope("dense"):
+            flat = flatten(block3)
+            dense = tf.nn.relu(batch_normalize(flat @ weight(self.dense1, flat), self.bn4, training))
         return block1, block2, block3, dense
 
     def features(self, images, training=False):
@@ -114,15 +129,16 @@ def with_bias(kernel):
 
 
 def conv_relu(x, layer, padding="VALID"):
-    """Convolution plus bias, then ReLU. 'VALID' (Keras' default) shrinks the map by kernel size - 1."""
-    x = tf.nn.conv2d(x, weight(layer["kernel"], x), strides=1, padding=padding)
-    return tf.nn.relu(x + weight(layer["bias"], x))
+    """Convolution plus bias, then ReLU; 'VALID' by default, as Keras'."""
+    return tf.nn.relu(conv(x, layer["kernel"], padding, layer["bias"]))
 
 
+@name_scoped("dense")
 def dense(x, layer):
     return x @ weight(layer["kernel"], x) + weight(layer["bias"], x)
 
 
+@name_scoped("flatten")
 def flatten(x):
     return tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])
 
@@ -311,8 +327,9 @@ class TunedCNN(tf.Module):
     def dense_features(self, images, training=False, rng=None):
         """What the last layer reads: the last dense layer's outputs after batch norm and ReLU, before its dropout."""
         x = images
-        for kernel, bn in zip(self.conv_kernels, self.conv_bns):
-            x = max_pool(conv_bn_relu(x, kernel, bn, training))
+        for block, (kernel, bn) in enumerate(zip(self.conv_kernels, self.conv_bns), start=1):
+            with tf.name_scope(f"block{block}"):
+                x = max_pool(conv_bn_relu(x, kernel, bn, training))
         x = flatten(x)
         for i, (kernel, bn) in enumerate(zip(self.dense_kernels, self.dense_bns)):
             if i:  # dropout between dense layers; the last one's is the caller's

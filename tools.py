@@ -1,16 +1,31 @@
 """The from-scratch building blocks: random streams, batch norm, dropout, augmentation (affine and elastic),
-optimisers, a moving average of the weights, the learning-rate schedule.
+optimisers, a moving average of the weights, the learning-rate schedule; and name_scoped, which groups a
+piece's ops into one box of TensorBoard's graph.
 
 Plain TensorFlow ops on tf.Variables, no Keras. Each piece matches the library's own to float32 precision;
 tests/test_tools.py holds them side by side.
 """
 import contextlib
+import functools
 import math
 
 import tensorflow as tf
 
 INITIAL_WEIGHTS, TRAINING_DRAWS = 0, 1  # random_generator's streams: a network's weights; augmentation and dropout
 ONE_CYCLE_WARMUP_FRACTION = 0.25  # of one_cycle_learning_rate's steps, spent climbing to the peak
+
+
+def name_scoped(name):
+    """A decorator: the function's ops go under tf.name_scope(name) (name, name_1, ... when called again in one
+    graph), so that TensorBoard's graph shows each piece as one box named for what it does. It changes no
+    variable's name: variables are made outside these functions and checkpointed by attribute."""
+    def decorate(function):
+        @functools.wraps(function)
+        def scoped(*args, **kwargs):
+            with tf.name_scope(name):
+                return function(*args, **kwargs)
+        return scoped
+    return decorate
 
 # ---------------------------------------------------------------------------------------------------------
 # random streams
@@ -19,8 +34,8 @@ ONE_CYCLE_WARMUP_FRACTION = 0.25  # of one_cycle_learning_rate's steps, spent cl
 def random_generator(seed: int, stream: int = INITIAL_WEIGHTS) -> tf.random.Generator:
     """A Philox generator whose draws no other (seed, stream) shares: the seed is Philox's key, the stream the
     high word of its 128-bit counter. tf.random.Generator.from_seed(s) puts s in the counter with key 0 instead,
-    so from_seed(s + 1) is from_seed(s)'s sequence 4 numbers on: ensemble members seeded s, s + 1, ... drew almost
-    the same initial weights, augmentation and dropout, and a network's weights the same numbers as its
+    so from_seed(s + 1) is from_seed(s)'s sequence 4 numbers on: ensemble members seeded s, s + 1, ... would draw
+    almost the same initial weights, augmentation and dropout, and a network's weights the same numbers as its
     augmentation."""
     return tf.random.Generator.from_key_counter(key=seed, counter=[0, stream], alg="philox")
 
@@ -42,6 +57,7 @@ def batch_norm_variables(n_channels: int) -> dict[str, tf.Variable]:
     }
 
 
+@name_scoped("batch_norm")
 def batch_normalize(x, bn: dict, training: bool, momentum=0.99, epsilon=1e-3):
     """Per-channel batch norm over every axis but the last (batch, and height/width for conv maps):
 
@@ -128,6 +144,7 @@ def normalize_by_batch(x, scale, offset, epsilon):
 # dropout
 
 
+@name_scoped("dropout")
 def dropout(x, rate: float, rng: tf.random.Generator, training: bool):
     """Inverted dropout: y = x * keep / (1 - rate), keep ~ Bernoulli(1 - rate) per unit, so E[y] = x and
     inference needs no rescaling. At inference, or when rate == 0, y = x and rng is not touched (may be None)."""
@@ -280,6 +297,7 @@ def random_displacement_fields(rng, n, height, width, alpha: float, sigma: float
     return alpha * gaussian_smooth(rng.uniform([n, 2, height, width], -1.0, 1.0), sigma)
 
 
+@name_scoped("augmentation")
 def data_augmentation(images, rng, max_rotation_degrees=15.0, max_shift_fraction=0.1, max_zoom_fraction=0.1,
                       max_shear=0.0, elastic_alpha=0.0, elastic_sigma=4.0):
     """A different random rotation, zoom, shear and shift for every image [N,H,W,1] of the batch, in the graph;
