@@ -56,7 +56,6 @@ class PictureTooLarge(ValueError):
     """More than MAX_PIXELS pixels: refused before it is decoded (a decompression bomb, or just too big)."""
 
 
-
 # ---- the file -> pixels ------------------------------------------------------------------------------------
 
 def open_picture(source):
