@@ -7,7 +7,6 @@ import csv
 import gzip
 import io
 import itertools
-import os
 import re
 import zlib
 from pathlib import Path

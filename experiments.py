@@ -1,4 +1,5 @@
-"""The original write-ups' experiments, rebuilt on this project's networks (model.MODELS) and training loop.
+"""The original write-ups' experiments, rebuilt on this project's networks, their recipes (recipes.MODELS) and its
+training loop.
 
     python experiments.py compare --seeds 3    # every network: validation accuracy over seeds, size, speed
     python experiments.py compare --models mlp,cnn_small   # only these
@@ -7,7 +8,7 @@
     python experiments.py sanity               # K random validation digits beside the chance of all K right
     python experiments.py NAME --quick         # a smoke run of a few minutes: 2,000 rows, at most 2 epochs, 1 seed
 
-Each trains its networks by their own recipes (model.MODELS), prints a table and writes resources/NAME.png
+Each trains its networks by their own recipes (recipes.MODELS), prints a table and writes resources/NAME.png
 (compare also its table, resources/compare.md); a --quick smoke run writes NAME_quick.png and compare_quick.md.
 Only train.csv is read (split into training and validation as run.py splits it); test.csv has no labels.
 """
@@ -42,7 +43,7 @@ import numpy as np
 import data
 import files
 import flags
-from model import MODELS, build_model, describe_models, training_recipe
+from recipes import MODELS, build_model, describe_models, training_recipe
 from train import RunOptions, best_epoch, predict_probabilities, train
 
 RESOURCES_DIR = "resources"

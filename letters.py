@@ -1,5 +1,5 @@
 """Pictures of what is no digit, for outlier exposure: letters and symbols in the fonts matplotlib ships, each
-made into a 28x28 picture the way predict.py makes a photo's digit (predict.to_mnist).
+made into a 28x28 picture the way a photo's digit is made into one (photo.to_mnist).
 
     letter_pictures()   -> float32 [N, 28, 28, 1] in [0, 1], and the character each shows
 
@@ -14,7 +14,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from predict import to_mnist
+from photo import to_mnist
 
 FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 FONTS = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",

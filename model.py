@@ -1,20 +1,16 @@
-"""The networks, built by hand from tf.Variables and tf.nn ops, and the recipe each is trained by (MODELS).
+"""The networks, built by hand from tf.Variables and tf.nn ops. Which recipe trains each, by name, is recipes.py's.
 
 Each network is a tf.Module: its variables are created in __init__ (so tf.train.Checkpoint and
 tf.saved_model find them) and __call__ is the forward pass, written to read like the diagram above it.
-Images come in as float32 [batch, 28, 28, 1] in [0, 1]; logits go out as [batch, 10].
+Images come in as float32 [batch, 28, 28, 1] in [0, 1]; logits go out as [batch, 10]. Each layer's ops are
+grouped under a name (tools.name_scoped: conv, maxpool, batch_norm, dropout, dense; DigitNet's blocks as its
+diagram draws them), so that TensorBoard's graph of a traced network reads like its diagram.
 """
-import dataclasses
-import json
 import math
-from functools import partial
-from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
-from data import DataError
-from tools import batch_norm_variables, batch_normalize, dropout, random_generator
-from train import OPTIMIZERS, Recipe, graph_function
+from tools import batch_norm_variables, batch_normalize, dropout, name_scoped, random_generator
 
 N_CLASSES = 10
 
@@ -34,12 +30,20 @@ def conv_kernel(rng, size, in_channels, out_channels):
     return he_normal(rng, [size, size, in_channels, out_channels], size * size * in_channels)
 
 
+@name_scoped("conv")
+def conv(x, kernel, padding="SAME", bias=None):
+    """Stride-1 convolution, plus a bias if given. 'SAME' keeps the map's size; 'VALID' (Keras' default) shrinks
+    it by kernel size - 1."""
+    x = tf.nn.conv2d(x, weight(kernel, x), strides=1, padding=padding)
+    return x if bias is None else x + weight(bias, x)
+
+
 def conv_bn_relu(x, kernel, bn, training):
     """3x3/5x5 'same' convolution, then batch norm (which makes a conv bias redundant), then ReLU."""
-    x = tf.nn.conv2d(x, weight(kernel, x), strides=1, padding="SAME")
-    return tf.nn.relu(batch_normalize(x, bn, training))
+    return tf.nn.relu(batch_normalize(conv(x, kernel), bn, training))
 
 
+@name_scoped("maxpool")
 def max_pool(x):
     return tf.nn.max_pool2d(x, ksize=2, strides=2, padding="VALID")
 
@@ -48,8 +52,7 @@ def conv_pool_bn_relu(x, kernel, bn, training):
     """'same' convolution, 2x2 max pool, batch norm, ReLU: conv_bn_relu then the pool, in an order that makes batch
     norm and ReLU work on a quarter of the values. Not quite the same network: batch norm's statistics are the
     pooled values', and a negative batch-norm scale would pool the minimum instead (ReLU and the maximum commute)."""
-    x = max_pool(tf.nn.conv2d(x, weight(kernel, x), strides=1, padding="SAME"))
-    return tf.nn.relu(batch_normalize(x, bn, training))
+    return tf.nn.relu(batch_normalize(max_pool(conv(x, kernel)), bn, training))
 
 
 class DigitNet(tf.Module):
@@ -61,10 +64,10 @@ class DigitNet(tf.Module):
                  -> dense 128, BN, ReLU -> dropout -> dense 10
 
     Each block pools before it normalises (conv_pool_bn_relu): batch norm and ReLU then work on a quarter of
-    the values, which made the training step 1.3x faster (holdout folds 1-3: 109 errors of 25,200 unseen
-    digits, against 113 with batch norm before the pool). The third pool drops the 7x7 map's last row and
-    column, along the picture's bottom and right edges: keeping them ('same' padding, 4x4x128 into the dense
-    layer) did no better on holdout (README, Accuracy on unseen digits).
+    the values, so the step is faster, and the network reads unseen digits as well as with the pool last. The
+    third pool drops the 7x7 map's last row and column, along the picture's bottom and right edges: keeping
+    them ('same' padding, 4x4x128 into the dense layer) reads unseen digits no better. The evidence for both:
+    docs/recipe.md.
     """
 
     def __init__(self, dropout_rate=0.25, seed=0, widths=(32, 64, 128), dense_units=128):
@@ -81,15 +84,23 @@ class DigitNet(tf.Module):
 
     def __call__(self, images, training=False, rng=None):
         x = dropout(self.blocks(images, training)[-1], self.dropout_rate, rng, training)
-        return x @ weight(self.dense2, x) + weight(self.bias2, x)
+        with tf.name_scope("logits"):
+            return x @ weight(self.dense2, x) + weight(self.bias2, x)
 
     def blocks(self, images, training=False):
-        """Each block's output, the diagram's rows: the three conv blocks' (the third's flattened, 1152) and the
-        dense layer's (after batch norm and ReLU: what the last layer reads, through dropout)."""
-        block1 = conv_pool_bn_relu(images, self.conv1, self.bn1, training)
-        block2 = conv_pool_bn_relu(block1, self.conv2, self.bn2, training)
-        block3 = flatten(conv_pool_bn_relu(block2, self.conv3, self.bn3, training))
-        dense = tf.nn.relu(batch_normalize(block3 @ weight(self.dense1, block3), self.bn4, training))
+        """Each block's output, the diagram's rows: the three conv blocks' maps ([batch, 14, 14, 32],
+        [batch, 7, 7, 64], [batch, 3, 3, 128]) and the dense layer's [batch, 128] (after batch norm and ReLU: what
+        the last layer reads, through dropout). The feature-map picture (report.feature_maps) shows these; each
+        block is one box of TensorBoard's graph, named as here."""
+        with tf.name_scope("block1"):
+            block1 = conv_pool_bn_relu(images, self.conv1, self.bn1, training)
+        with tf.name_scope("block2"):
+            block2 = conv_pool_bn_relu(block1, self.conv2, self.bn2, training)
+        with tf.name_scope("block3"):
+            block3 = conv_pool_bn_relu(block2, self.conv3, self.bn3, training)
+        with tf.name_scope("dense"):
+            flat = flatten(block3)
+            dense = tf.nn.relu(batch_normalize(flat @ weight(self.dense1, flat), self.bn4, training))
         return block1, block2, block3, dense
 
     def features(self, images, training=False):
@@ -98,7 +109,7 @@ class DigitNet(tf.Module):
         the picture (32 and 64 channels), the third's 3x3x128 whole (small enough for its covariance) and the
         dense layer's 128 -> [batch, 32], [batch, 64], [batch, 1152], [batch, 128]."""
         block1, block2, block3, dense = self.blocks(images, training)
-        return [tf.reduce_mean(block1, axis=[1, 2]), tf.reduce_mean(block2, axis=[1, 2]), block3, dense]
+        return [tf.reduce_mean(block1, axis=[1, 2]), tf.reduce_mean(block2, axis=[1, 2]), flatten(block3), dense]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -118,15 +129,16 @@ def with_bias(kernel):
 
 
 def conv_relu(x, layer, padding="VALID"):
-    """Convolution plus bias, then ReLU. 'VALID' (Keras' default) shrinks the map by kernel size - 1."""
-    x = tf.nn.conv2d(x, weight(layer["kernel"], x), strides=1, padding=padding)
-    return tf.nn.relu(x + weight(layer["bias"], x))
+    """Convolution plus bias, then ReLU; 'VALID' by default, as Keras'."""
+    return tf.nn.relu(conv(x, layer["kernel"], padding, layer["bias"]))
 
 
+@name_scoped("dense")
 def dense(x, layer):
     return x @ weight(layer["kernel"], x) + weight(layer["bias"], x)
 
 
+@name_scoped("flatten")
 def flatten(x):
     return tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])
 
@@ -274,7 +286,7 @@ class CNNTuned(tf.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The tuned network: tune.py's search space, built from a best_params.json.
+# The tuned network: tune.py's search space (recipes.tuned_network builds one from a best_params.json).
 
 
 class TunedCNN(tf.Module):
@@ -315,8 +327,9 @@ class TunedCNN(tf.Module):
     def dense_features(self, images, training=False, rng=None):
         """What the last layer reads: the last dense layer's outputs after batch norm and ReLU, before its dropout."""
         x = images
-        for kernel, bn in zip(self.conv_kernels, self.conv_bns):
-            x = max_pool(conv_bn_relu(x, kernel, bn, training))
+        for block, (kernel, bn) in enumerate(zip(self.conv_kernels, self.conv_bns), start=1):
+            with tf.name_scope(f"block{block}"):
+                x = max_pool(conv_bn_relu(x, kernel, bn, training))
         x = flatten(x)
         for i, (kernel, bn) in enumerate(zip(self.dense_kernels, self.dense_bns)):
             if i:  # dropout between dense layers; the last one's is the caller's
@@ -325,151 +338,6 @@ class TunedCNN(tf.Module):
         return x
 
 
-def tuned_network(params, seed):
-    """The network that params (suggest_params' or load_params' dict) describe, its weights drawn from seed."""
-    return TunedCNN(params["filters"], params["kernel_sizes"], params["units"], params["dropout_rate"], seed)
-
-
-def tuned_recipe(params, base):
-    """base (a train.Recipe) with the optimiser, learning rate and batch size that params set."""
-    return dataclasses.replace(base, optimizer=params["optimizer"], learning_rate=params["learning_rate"],
-                               batch_size=params["batch_size"])
-
-
-def positive_ints(value, most=math.inf):
-    return isinstance(value, list) and 1 <= len(value) <= most and all(type(v) is int and v > 0 for v in value)
-
-
-def number(value):
-    return type(value) in (int, float)
-
-
-PARAM_CHECKS = {  # key: (test, what the error message says is expected)
-    "filters": (lambda v: positive_ints(v, most=4), "a list of 1-4 positive whole numbers, one per conv layer"),
-    "kernel_sizes": (positive_ints, "a list of positive whole numbers, one per conv layer"),
-    "units": (positive_ints, "a list of positive whole numbers, one per dense layer"),
-    "dropout_rate": (lambda v: number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "optimizer": (lambda v: v in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
-    "learning_rate": (lambda v: number(v) and v > 0, "a positive number"),
-    "batch_size": (lambda v: type(v) is int and v > 0, "a positive whole number"),
-}
-
-
-def load_params(path):
-    """best_params.json -> params, or DataError (one line naming the file and the key) for a file that
-    build_network and training_arguments could not use."""
-    try:
-        with open(path) as file:
-            params = json.load(file)
-    except OSError as error:
-        raise DataError(f"{path}: {error.strerror}") from None
-    except ValueError as error:
-        raise DataError(f"{path}: not JSON ({error})") from None
-    if not isinstance(params, dict):
-        raise DataError(f"{path}: expected a JSON object with the keys {', '.join(PARAM_CHECKS)}")
-    unknown = sorted(params.keys() - PARAM_CHECKS.keys())
-    if unknown:
-        raise DataError(f"{path}: unknown key {unknown[0]!r}; the keys are {', '.join(PARAM_CHECKS)}")
-    for key, (test, expected) in PARAM_CHECKS.items():
-        if key not in params:
-            raise DataError(f"{path}: {key} is missing; expected {expected}")
-        if not test(params[key]):
-            raise DataError(f"{path}: {key} is {json.dumps(params[key])}; expected {expected}")
-    if len(params["kernel_sizes"]) != len(params["filters"]):
-        raise DataError(f"{path}: kernel_sizes has {len(params['kernel_sizes'])} sizes for "
-                             f"{len(params['filters'])} conv layers (filters); expected one per conv layer")
-    return params
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The registry: each network by name, with the recipe it is trained by.
-
-
-class ModelSpec(NamedTuple):
-    build: Callable  # (dropout_rate=..., seed=..., input_size=...) -> the network; DigitNet has no input_size
-    recipe: Recipe
-
-
-MODELS = {
-    # the project's default: what `python run.py` trains. How each setting was chosen, with the held-out figures
-    # of every candidate: docs/recipe.md.
-    "digitnet": ModelSpec(DigitNet, Recipe(
-        optimizer="adam", schedule="one_cycle", learning_rate=5e-3, max_n_epochs=20, patience=5, batch_size=128,
-        label_smoothing=0.05,
-        augmentation=dict(max_rotation_degrees=10.0, max_shift_fraction=0.1, max_zoom_fraction=0.1,
-                          elastic_alpha=24.0, elastic_sigma=5.0))),
-    # the MLP write-ups (Keras' mnist_mlp.py) train with RMSprop; Adam is the nearest optimiser this project has
-    "mlp": ModelSpec(partial(MLP, hidden_units=(512, 256)), Recipe(
-        optimizer="adam", schedule="constant", learning_rate=1e-3, max_n_epochs=20, patience=5, batch_size=128)),
-    "mlp_dropout": ModelSpec(partial(MLP, hidden_units=(512, 512), dropout_rate=0.2), Recipe(
-        optimizer="adam", schedule="constant", learning_rate=1e-3, max_n_epochs=20, patience=5, batch_size=128)),
-    "cnn_small": ModelSpec(CNNSmall, Recipe(
-        optimizer="adam", schedule="constant", learning_rate=1e-3, max_n_epochs=15, patience=5, batch_size=128)),
-    # as published: 12 epochs of Adadelta, no early stopping, no augmentation
-    "cnn_keras_example": ModelSpec(CNNKerasExample, Recipe(
-        optimizer="adadelta", schedule="constant", learning_rate=1.0, max_n_epochs=12, patience=12, batch_size=128)),
-    "cnn_bn_deep": ModelSpec(CNNBNDeep, Recipe(
-        optimizer="adam", schedule="constant", learning_rate=1e-3, max_n_epochs=20, patience=5, batch_size=128,
-        # the write-up's shear_range=0.3, taken as tools' shear (tan of the angle, up to 17 degrees)
-        augmentation=dict(max_rotation_degrees=8.0, max_shift_fraction=0.08, max_zoom_fraction=0.08, max_shear=0.3))),
-    "cnn_tuned": ModelSpec(CNNTuned, Recipe(
-        optimizer="adam", schedule="plateau", learning_rate=1e-3, plateau_factor=0.1, plateau_patience=4,
-        max_n_epochs=50, patience=10, batch_size=128, class_weights="balanced", weight_penalty=(1e-5, 1e-4))),
-}
-AUGMENTATION_RANGES = ("max_rotation_degrees", "max_shift_fraction", "max_zoom_fraction", "max_shear", "elastic_alpha")
-AUGMENTATION_SETTINGS = (*AUGMENTATION_RANGES, "elastic_sigma")  # tools.data_augmentation's keywords
-
-
-def build_model(name, dropout_rate=None, seed=0, **architecture):
-    """MODELS[name]'s network. dropout_rate None keeps the network's own; architecture e.g. input_size=48."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    if dropout_rate is not None:
-        architecture["dropout_rate"] = dropout_rate
-    return MODELS[name].build(seed=seed, **architecture)
-
-
-def training_recipe(name, **overrides):
-    """MODELS[name]'s recipe, with overrides laid over it (with_overrides)."""
-    return with_overrides(MODELS[name].recipe, **overrides)
-
-
-def with_overrides(recipe, **overrides):
-    """The recipe with these fields replaced (run.py's flags, the experiments' quick settings). An
-    augmentation range, e.g. max_rotation_degrees=5, replaces that entry of the augmentation dict; all ranges
-    zero means no augmentation."""
-    augmentation = dict(recipe.augmentation or {})
-    for key in AUGMENTATION_SETTINGS:
-        if key in overrides:
-            augmentation[key] = overrides.pop(key)
-    some = any(augmentation.get(key) for key in AUGMENTATION_RANGES)
-    return dataclasses.replace(recipe, augmentation=augmentation if some else None, **overrides)
-
-
 def count_parameters(model):
     """Trainable parameters (batch norm's moving statistics are not learnt, so not counted)."""
     return sum(variable.shape.num_elements() for variable in model.trainable_variables)
-
-
-def count_flops(model, input_size=28):
-    """Forward FLOPs for one image, analytically: 2 x the multiply-adds of every convolution and matrix product
-    in the traced graph of model.__call__, from their operands' shapes (conv: output H*W*C_out times kernel
-    h*w*C_in; matmul [1, k] @ [k, n]: k*n). Biases, batch norm, ReLU and pooling (2% at most here) are left out."""
-    graph = graph_function(model).get_concrete_function(tf.TensorSpec([1, input_size, input_size, 1])).graph
-    multiply_adds = 0
-    for op in graph.get_operations():
-        if op.type == "Conv2D":
-            kernel_height, kernel_width, in_channels, _ = op.inputs[1].shape
-            multiply_adds += op.outputs[0].shape.num_elements() * kernel_height * kernel_width * in_channels
-        elif op.type == "MatMul":
-            multiply_adds += op.inputs[0].shape.num_elements() * op.inputs[1].shape[1]
-    return 2 * multiply_adds
-
-
-def describe_models():
-    """(name, trainable parameters, forward FLOPs per 28x28 image) of every registered network."""
-    rows = []
-    for name in MODELS:
-        model = build_model(name)
-        rows.append((name, count_parameters(model), count_flops(model)))
-    return rows

@@ -204,16 +204,10 @@ def plot_conv1_kernels(kernels, path, columns=8):
 
 
 def feature_maps(model, image):
-    """One digit [28, 28, 1] through the conv blocks in inference mode -> each block's ReLU output (before its
-    pooling), numpy [h, w, channels]. Made of model.py's own pieces, so it is the network's forward pass."""
-    from model import conv_bn_relu, max_pool
-
-    maps, x = [], image[None]
-    for kernel, bn in [(model.conv1, model.bn1), (model.conv2, model.bn2), (model.conv3, model.bn3)]:
-        x = conv_bn_relu(x, kernel, bn, training=False)
-        maps.append(x[0].numpy())
-        x = max_pool(x)
-    return maps
+    """One digit [28, 28, 1] through a DigitNet in inference mode -> each conv block's output, numpy [h, w,
+    channels]: 14x14x32, 7x7x64, 3x3x128, what the next block reads. The network's own blocks
+    (DigitNet.blocks) compute them, so the picture is what the network computes."""
+    return [block[0].numpy() for block in model.blocks(image[None], training=False)[:3]]
 
 
 def plot_feature_maps(image, title, maps, path, n_maps=12):
@@ -231,8 +225,8 @@ def plot_feature_maps(image, title, maps, path, n_maps=12):
             axis.imshow(activations[:, :, channel], cmap="magma", vmin=0, vmax=max(activations.max(), 1e-6))
             axis.set_title(f"#{channel}", fontsize=7)
         row[1].axis("on")  # for its label; no ticks
-        row[1].set(xticks=[], yticks=[], ylabel=f"conv{block}\n{activations.shape[0]}x{activations.shape[1]}")
-    figure.suptitle("feature maps after batch norm and ReLU, busiest channels first")
+        row[1].set(xticks=[], yticks=[], ylabel=f"block{block}\n{activations.shape[0]}x{activations.shape[1]}")
+    figure.suptitle("each conv block's maps (conv, maxpool, batch norm, ReLU), busiest channels first")
     figure.tight_layout()
     return files.save_figure(figure, path)
 
@@ -331,10 +325,10 @@ def main(argv=None):
         images, labels, settings["percent_data_for_training"], settings["seed"])
     from devices import import_tensorflow
     tf = import_tensorflow()
-    import model as networks
+    import recipes
 
-    model = (networks.tuned_network(settings["params"], 0) if settings["params"]
-             else networks.build_model(settings["model"], settings["dropout_rate"]))
+    model = (recipes.tuned_network(settings["params"], 0) if settings["params"]
+             else recipes.build_model(settings["model"], settings["dropout_rate"]))
     tf.train.Checkpoint(model=model).read(tf.train.latest_checkpoint(f"{MODEL_DIR}/best")).expect_partial() \
         .assert_existing_objects_matched()
     history = (files.read_json(f"{RESOURCES_DIR}/report.json") or {}).get("history")

@@ -5,11 +5,10 @@
     python run.py --help                   # every setting, what it means and its default
 """
 # ---- configuration: every name here is also a flag, e.g. --batch_size 256 ----
-model = "digitnet"               # the network, trained by its own recipe in model.py (see --list_models)
+model = "digitnet"               # the network, trained by its own recipe (recipes.py; see --list_models)
 params = ""                      # a tune.py best_params.json: train the network and recipe it describes
-# The training recipe. Left unset (None), each comes from the network's own recipe in model.MODELS (digitnet:
-# 20 epochs of one-cycle Adam peaking at 5e-3, batch 128, label smoothing 0.05, rotation 10, shift and zoom 0.1,
-# elastic distortion of strength 24 and smoothness 5). Set here or given as a flag, it always wins.
+# The training recipe. Left unset (None), each comes from the network's own recipe in recipes.MODELS; set here or
+# given as a flag, it wins. How digitnet's recipe was chosen: docs/recipe.md.
 max_n_epochs: int = None         # the learning-rate schedule spans this many; early stopping may end sooner
 patience: int = None             # epochs without a better validation accuracy before stopping, counted once the
                                  # learning rate has annealed to a tenth of its peak (so never cutting the schedule)
@@ -103,8 +102,8 @@ def main(argv=None):
     started = time.time()
     if config.list_models:
         import_tensorflow()
-        import model
-        return print_models(model.describe_models())
+        import recipes
+        return print_models(recipes.describe_models())
     if cannot_apply(config):
         return fail(cannot_apply(config))
     import data  # numpy and pandas only: bad files are refused before TensorFlow starts
@@ -115,12 +114,12 @@ def main(argv=None):
     except data.DataError as error:
         return fail(error)
     tf = import_tensorflow()
-    import model
+    import recipes
     import train
-    if config.model not in model.MODELS:
-        return fail(f"--model {config.model}: choose from {', '.join(model.MODELS)}")
+    if config.model not in recipes.MODELS:
+        return fail(f"--model {config.model}: choose from {', '.join(recipes.MODELS)}")
     try:
-        config.params = config.params and model.load_params(config.params)  # the file's contents, checked
+        config.params = config.params and recipes.load_params(config.params)  # the file's contents, checked
         strategy = distribution_strategy(config.devices)
         recipe_of(config)  # refuses a setting the recipe would not use
     except (data.DataError, ValueError) as error:
@@ -217,13 +216,13 @@ def train_or_reuse_member(config, member_seed, split, options):
 
 def network_and_recipe(config, seed):
     """The network to train and its train.Recipe (recipe_of): --model's network, or --params' tuned network."""
-    import model
+    import recipes
 
     if config.params:
         params = config.params if config.dropout_rate is None else {**config.params, "dropout_rate": config.dropout_rate}
-        network = model.tuned_network(params, seed)
+        network = recipes.tuned_network(params, seed)
     else:
-        network = model.build_model(config.model, config.dropout_rate, seed)
+        network = recipes.build_model(config.model, config.dropout_rate, seed)
     return network, recipe_of(config)
 
 
@@ -231,14 +230,14 @@ def recipe_of(config):
     """--model's recipe, or --params' with the optimiser, learning rate and batch size that its file sets; every
     recipe setting that was given (not None) wins over both. A setting the recipe would not use is refused
     (ValueError): elastic distortion's smoothness without its strength."""
-    import model
+    import recipes
 
     given = {name: getattr(config, name) for name in RECIPE_SETTINGS if getattr(config, name) is not None}
     given.pop("dropout_rate", None)  # the network's, not the recipe's
-    recipe = model.training_recipe(config.model)
+    recipe = recipes.training_recipe(config.model)
     if config.params:
-        recipe = model.tuned_recipe(config.params, recipe)
-    recipe = model.with_overrides(recipe, **given)
+        recipe = recipes.tuned_recipe(config.params, recipe)
+    recipe = recipes.with_overrides(recipe, **given)
     if config.elastic_sigma is not None and not (recipe.augmentation or {}).get("elastic_alpha"):
         raise ValueError(f"--elastic_sigma {config.elastic_sigma}: there is no elastic distortion to smooth; "
                          "give --elastic_alpha too")

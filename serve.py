@@ -14,13 +14,15 @@ the very preprocessing python predict.py uses:
 
 "digits" is "?" when there is no digit (then "details" says why, and "pieces" may be empty). A body over
 MAX_BYTES is refused with 413, another Content-Type with 415, a file that is not a picture with 400, and one
-of more than predict.MAX_PIXELS pixels (a decompression bomb) with 413, each as {"error": "..."}; the server
+of more than photo.MAX_PIXELS pixels (a decompression bomb) with 413, each as {"error": "..."}; the server
 goes on serving. Flask's own server: meant for your machine, so it listens on 127.0.0.1 unless told otherwise.
 """
 import argparse
 import base64
+import errno
 import io
 import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -29,7 +31,9 @@ import numpy as np
 from flask import Flask, jsonify, request, send_file
 from PIL import Image
 from werkzeug.exceptions import HTTPException
+from werkzeug.serving import make_server, select_address_family
 
+import photo
 import predict
 
 MAX_BYTES = 5 * 1024 * 1024  # a phone photo as JPEG is 2-5 MB
@@ -59,7 +63,7 @@ def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=pred
         try:
             with one_at_a_time:
                 reading = predict.read(io.BytesIO(body), classify, min_confidence, max_novelty)
-        except predict.PictureTooLarge as error:
+        except photo.PictureTooLarge as error:
             return refuse(413, str(error))
         except ValueError as error:
             return refuse(400, str(error))
@@ -109,14 +113,24 @@ def main(argv=None):
     if not os.path.exists(f"{predict.SAVED_MODEL}/saved_model.pb"):
         print(f"error: no model in {predict.SAVED_MODEL}; run python run.py first", file=sys.stderr)
         return 2
-    app = create_app(predict.load_classifier(), args.min_confidence, args.max_novelty)
-    print(f"serving {predict.SAVED_MODEL} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    try:
-        app.run(host=args.host, port=args.port, threaded=True)
-    except OSError as error:  # the port is taken, or the address is not this machine's
-        print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
+    try:  # before TensorFlow starts: a port that is taken is said at once
+        listening = socket.create_server((args.host, args.port), family=select_address_family(args.host, args.port))
+    except OSError as error:
+        print(f"error: {cannot_listen(args.host, args.port, error)}", file=sys.stderr)
         return 2
+    app = create_app(predict.load_classifier(), args.min_confidence, args.max_novelty)
+    with listening:  # Flask's development server, on the socket already bound (it takes a copy)
+        server = make_server(args.host, args.port, app, threaded=True, fd=listening.fileno())
+    print(f"serving {predict.SAVED_MODEL} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    server.serve_forever()  # until Ctrl-C
     return 0
+
+
+def cannot_listen(host, port, error):
+    """Why the server cannot listen on host:port, in one line."""
+    if error.errno == errno.EADDRINUSE:
+        return f"port {port} is already in use on {host}: stop what uses it, or choose another with --port"
+    return f"cannot listen on {host}:{port}: {error.strerror or error}"
 
 
 if __name__ == "__main__":

@@ -1,15 +1,30 @@
 """The from-scratch building blocks: random streams, batch norm, dropout, augmentation (affine and elastic),
-optimisers, a moving average of the weights, the learning-rate schedule.
+optimisers, a moving average of the weights, the learning-rate schedule; and name_scoped, which groups a
+piece's ops into one box of TensorBoard's graph.
 
 Plain TensorFlow ops on tf.Variables, no Keras. Each piece matches the library's own to float32 precision;
 tests/test_tools.py holds them side by side.
 """
 import contextlib
+import functools
 import math
 
 import tensorflow as tf
 
 INITIAL_WEIGHTS, TRAINING_DRAWS = 0, 1  # random_generator's streams: a network's weights; augmentation and dropout
+
+
+def name_scoped(name):
+    """A decorator: the function's ops go under tf.name_scope(name) (name, name_1, ... when called again in one
+    graph), so that TensorBoard's graph shows each piece as one box named for what it does. It changes no
+    variable's name: variables are made outside these functions and checkpointed by attribute."""
+    def decorate(function):
+        @functools.wraps(function)
+        def scoped(*args, **kwargs):
+            with tf.name_scope(name):
+                return function(*args, **kwargs)
+        return scoped
+    return decorate
 
 # ---------------------------------------------------------------------------------------------------------
 # random streams
@@ -18,8 +33,8 @@ INITIAL_WEIGHTS, TRAINING_DRAWS = 0, 1  # random_generator's streams: a network'
 def random_generator(seed: int, stream: int = INITIAL_WEIGHTS) -> tf.random.Generator:
     """A Philox generator whose draws no other (seed, stream) shares: the seed is Philox's key, the stream the
     high word of its 128-bit counter. tf.random.Generator.from_seed(s) puts s in the counter with key 0 instead,
-    so from_seed(s + 1) is from_seed(s)'s sequence 4 numbers on: ensemble members seeded s, s + 1, ... drew almost
-    the same initial weights, augmentation and dropout, and a network's weights the same numbers as its
+    so from_seed(s + 1) is from_seed(s)'s sequence 4 numbers on: ensemble members seeded s, s + 1, ... would draw
+    almost the same initial weights, augmentation and dropout, and a network's weights the same numbers as its
     augmentation."""
     return tf.random.Generator.from_key_counter(key=seed, counter=[0, stream], alg="philox")
 
@@ -41,6 +56,7 @@ def batch_norm_variables(n_channels: int) -> dict[str, tf.Variable]:
     }
 
 
+@name_scoped("batch_norm")
 def batch_normalize(x, bn: dict, training: bool, momentum=0.99, epsilon=1e-3):
     """Per-channel batch norm over every axis but the last (batch, and height/width for conv maps):
 
@@ -79,11 +95,11 @@ def normalize_by_batch(x, scale, offset, epsilon):
 
     (mean and var depend on every x; the two sums are what that dependence adds up to). Only y is
     differentiated: mean and var feed the moving statistics, which are assigned, not learnt.
-    Speed: a batch's activations are large and each pass over them costs as much as a convolution here, so
-    both directions are folded into per-channel coefficients, y = m x + b and dL/dx = m dy + p x + q, and the
+    Speed: a batch's activations are large and every pass over them counts in the step's time, so both
+    directions are folded into per-channel coefficients, y = m x + b and dL/dx = m dy + p x + q, and the
     per-channel sums are matrix products with a row of ones, one per example, then added up: faster than
-    reduce_sum on this CPU, and as exact (a single product over the whole batch adds 78,400 values in a row,
-    and drifts by 1e-4 of the sum).
+    reduce_sum on a CPU (docs/performance.md), and as exact (a single product over the whole batch adds 78,400
+    values in a row, and drifts by 1e-4 of the sum).
     Under tf.distribute with several replicas, the batch is the global batch: each replica's sums are added
     across replicas (synchronised batch norm, Keras' SyncBatchNormalization), in the forward pass and in dL/dx,
     so that N devices compute what one device would on the whole batch; each replica returns its own share of
@@ -127,6 +143,7 @@ def normalize_by_batch(x, scale, offset, epsilon):
 # dropout
 
 
+@name_scoped("dropout")
 def dropout(x, rate: float, rng: tf.random.Generator, training: bool):
     """Inverted dropout: y = x * keep / (1 - rate), keep ~ Bernoulli(1 - rate) per unit, so E[y] = x and
     inference needs no rescaling. At inference, or when rate == 0, y = x and rng is not touched (may be None)."""
@@ -217,8 +234,8 @@ def gaussian_smooth(maps, sigma: float):
     """Each 2-D map [..., H, W] convolved with a Gaussian of standard deviation sigma (pixels), zeros beyond the
     border: scipy.ndimage.gaussian_filter(map, sigma, mode='constant', cval=0). The 2-D Gaussian is the product
     of two 1-D ones, so smooth = G_H @ map @ G_W^T (gaussian_matrix): the separable convolution with zero
-    padding, as two matrix products: 30x faster here than two tf.nn.depthwise_conv2d passes (33 taps at
-    sigma 4), which cost 20x the whole affine augmentation."""
+    padding, as two matrix products: far faster than two tf.nn.depthwise_conv2d passes, whose many taps at a
+    large sigma (33 at sigma 4) would cost more than the whole affine augmentation (docs/performance.md)."""
     height, width = maps.shape[-2], maps.shape[-1]
     return tf.matmul(tf.matmul(gaussian_matrix(height, sigma), maps), gaussian_matrix(width, sigma), transpose_b=True)
 
@@ -273,24 +290,19 @@ def random_displacement_fields(rng, n, height, width, alpha: float, sigma: float
     Smoothing makes neighbours move together (a rubber sheet, not noise): each component has mean 0 and, away
     from the border, standard deviation alpha * sqrt(1/3) * sum_k w_k^2 (w the 1-D kernel), about
     alpha / (sqrt(12 pi) sigma); it tapers off near the border, where the smoothing averages in zeros.
-    (No normalisation of the field, as in the common implementations of the paper.)"""
+    (No normalisation of the field, as in the common implementations of the paper.) Strength for 28x28 digits:
+    Simard et al. use alpha 34, sigma 4 (on 29x29); Kaggle kernels use alpha 36, sigma 6 alone, or alpha 8-12,
+    sigma 3 together with an affine transform."""
     return alpha * gaussian_smooth(rng.uniform([n, 2, height, width], -1.0, 1.0), sigma)
 
 
-def elastic_distortion(images, rng, alpha: float, sigma: float):
-    """Each image [N,H,W,1] resampled through its own random field: displace(images, random_displacement_fields).
-    Strength for 28x28 digits: Simard et al. use alpha 34, sigma 4 (on 29x29); Kaggle kernels use alpha 36,
-    sigma 6 alone, or alpha 8-12, sigma 3 together with an affine transform."""
-    fields = random_displacement_fields(rng, tf.shape(images)[0], images.shape[1], images.shape[2], alpha, sigma)
-    return displace(images, fields)
-
-
+@name_scoped("augmentation")
 def data_augmentation(images, rng, max_rotation_degrees=15.0, max_shift_fraction=0.1, max_zoom_fraction=0.1,
                       max_shear=0.0, elastic_alpha=0.0, elastic_sigma=4.0):
     """A different random rotation, zoom, shear and shift for every image [N,H,W,1] of the batch, in the graph;
     then, if elastic_alpha > 0, an elastic distortion of the result, its field in the output's frame:
     out(p) = image(M (p + d(p))), in one resampling (displace). With elastic_alpha 0 nothing more is drawn from
-    rng and the affine path is the one it always was, so existing recipes give the same images."""
+    rng: a recipe without elastic distortion gets the images of the affine transform alone, draw for draw."""
     n, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
     matrices = random_augmentation_matrices(rng, n, height, width, max_rotation_degrees, max_shift_fraction,
                                             max_zoom_fraction, max_shear)

@@ -34,7 +34,7 @@ NO_DIGIT = -1  # the label of a batch's letters (outlier exposure)
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How a network is trained: everything but the data, the seed and where the outputs go.
-    Each network's own recipe is in model.MODELS."""
+    Each network's own recipe is in recipes.MODELS."""
     max_n_epochs: int | float     # the one-cycle schedule spans this many; early stopping may end sooner. A
                                   # fraction ends the last epoch early (time_to_accuracy's short schedules)
     patience: int                 # epochs without a better validation accuracy before stopping, counted only
@@ -254,18 +254,22 @@ class Training:
         batch_images, batch_labels = batch_images[start:start + share], batch_labels[start:start + share]
         with tf.GradientTape() as tape:
             # dropout: each replica its own random stream. The loss is float32 whatever the layers compute in.
-            logits = tf.cast(self.model(tf.cast(batch_images, compute_dtype), training=True, rng=self.rng), tf.float32)
-            if self.recipe.outlier_exposure:
-                loss = self.exposed_loss(logits, batch_labels, global_batch_size - n_letters, n_letters)
-            else:
-                loss = cross_entropy(logits, batch_labels, self.recipe.label_smoothing, self.class_weights,
-                                     global_batch_size)
-            if self.recipe.weight_penalty:  # counted once over the replicas, not once on each
-                penalty = kernel_penalty(self.model.trainable_variables, *self.recipe.weight_penalty)
-                loss += tf.nn.scale_regularization_loss(penalty)
-            differentiated = self.optimizer.scale_loss(loss) if compute_dtype == "float16" else loss
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), batch_labels),
-                                        tf.float32))
+            with tf.name_scope("network"):
+                logits = tf.cast(self.model(tf.cast(batch_images, compute_dtype), training=True, rng=self.rng),
+                                 tf.float32)
+            with tf.name_scope("loss"):
+                if self.recipe.outlier_exposure:
+                    loss = self.exposed_loss(logits, batch_labels, global_batch_size - n_letters, n_letters)
+                else:
+                    loss = cross_entropy(logits, batch_labels, self.recipe.label_smoothing, self.class_weights,
+                                         global_batch_size)
+                if self.recipe.weight_penalty:  # counted once over the replicas, not once on each
+                    penalty = kernel_penalty(self.model.trainable_variables, *self.recipe.weight_penalty)
+                    loss += tf.nn.scale_regularization_loss(penalty)
+                differentiated = self.optimizer.scale_loss(loss) if compute_dtype == "float16" else loss
+        with tf.name_scope("accuracy"):
+            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), batch_labels),
+                                            tf.float32))
         return loss, tape.gradient(differentiated, self.model.trainable_variables), correct
 
     def exposed_loss(self, logits, batch_labels, n_digits, n_letters):
@@ -279,22 +283,27 @@ class Training:
 
     def global_step(self, batch_indices):
         """One step on the batch of these rows -> (its mean loss, its count of correct answers). Traced once."""
-        batch_images = tf.gather(self.images, batch_indices)
-        batch_labels = tf.gather(self.labels, batch_indices)
+        with tf.name_scope("batch"):
+            batch_images = tf.gather(self.images, batch_indices)
+            batch_labels = tf.gather(self.labels, batch_indices)
         if self.recipe.augmentation:  # on the global batch: its random draws do not depend on the replica count
             batch_images = data_augmentation(batch_images, self.rng, **self.recipe.augmentation)
         if self.recipe.outlier_exposure:
-            batch_images, batch_labels = self.with_letters(batch_images, batch_labels)
+            with tf.name_scope("letters"):
+                batch_images, batch_labels = self.with_letters(batch_images, batch_labels)
         loss, gradients, correct = self.strategy.run(self.replica_step, args=(batch_images, batch_labels))
-        loss, correct, *gradients = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-                                     for value in [loss, correct, *gradients]]
-        if self.recipe.schedule == "one_cycle":
-            self.optimizer.learning_rate.assign(
-                one_cycle_learning_rate(self.optimizer.iterations, self.total_steps, self.recipe.learning_rate))
-        self.optimizer.apply_gradients(gradients)  # once, on the summed gradients: every replica's copy moves alike
-        # (for float16, LossScaleOptimizer unscales them, or skips the step if they overflowed)
-        if self.ema:
-            self.ema.update()
+        with tf.name_scope("sum_over_replicas"):
+            loss, correct, *gradients = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                                         for value in [loss, correct, *gradients]]
+        with tf.name_scope("optimizer"):
+            if self.recipe.schedule == "one_cycle":
+                self.optimizer.learning_rate.assign(
+                    one_cycle_learning_rate(self.optimizer.iterations, self.total_steps, self.recipe.learning_rate))
+            # once, on the summed gradients: every replica's copy moves alike (for float16, LossScaleOptimizer
+            # unscales them, or skips the step if they overflowed)
+            self.optimizer.apply_gradients(gradients)
+            if self.ema:
+                self.ema.update()
         return loss, correct
 
     def with_letters(self, batch_images, batch_labels):

@@ -63,9 +63,10 @@ import data
 import files
 import flags
 import train
-from model import MODELS, DigitNet, training_recipe, tuned_network, tuned_recipe
+from model import DigitNet
+from recipes import MODELS, training_recipe, tuned_network, tuned_recipe
 
-# Every trial is trained by the project's default recipe (model.MODELS["digitnet"]) but for what the trial
+# Every trial is trained by the project's default recipe (recipes.MODELS["digitnet"]) but for what the trial
 # draws: the network, the optimiser, its learning rate, the batch size and dropout.
 DEFAULT_RECIPE = MODELS["digitnet"].recipe
 # The project's default, model.DigitNet with its recipe, as a trial draws it. A new study trains it first, so

@@ -28,7 +28,8 @@ docs/results/, where no command writes.
 # ---- settings: each is also a flag, e.g. --run_folds 5 ----
 n_folds = 5              # train.csv is dealt into this many folds (5: 8,400 digits each)
 run_folds = 3            # how many of them to run; each is one whole run.py
-first_fold = 1           # the first of them to run (the recipes were chosen on folds 1-3: 4 and 5 took no part)
+first_fold = 1           # the first of them to run (folds 4 and 5 took no part in choosing the recipes:
+                         # docs/recipe.md)
 fold_seed = 0            # the shuffle within each digit class before dealing (run.py's own --seed passes through)
 rows = 0                 # only the first rows of train.csv (0: all 42,000): for a smoke run
 train = ""               # the train.csv to deal into folds; default: where run.py would find it

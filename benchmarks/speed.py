@@ -47,9 +47,10 @@ import keras  # noqa: E402
 
 import data  # noqa: E402
 import model  # noqa: E402
+import recipes  # noqa: E402
 import train  # noqa: E402
 
-DEFAULT = model.MODELS["digitnet"].recipe  # what python run.py trains
+DEFAULT = recipes.MODELS["digitnet"].recipe  # what python run.py trains
 batch_size = DEFAULT.batch_size
 
 # ---- the digits: the first rows of train.csv, just enough for warm-up + timed steps, and test.csv ----
@@ -113,15 +114,15 @@ def keras_mnist_cnn():
     return net
 
 
-ours = model.build_model("digitnet")
-ours_classic = model.build_model("cnn_keras_example")  # trained as published: Adadelta at 1.0
+ours = recipes.build_model("digitnet")
+ours_classic = recipes.build_model("cnn_keras_example")  # trained as published: Adadelta at 1.0
 keras_twin, keras_classic = keras_digitnet(), keras_mnist_cnn()
 # name: (architecture, the Keras twin it is compared with, the network, the timed run)
 contenders = {
     "ours": ("DigitNet", "Keras fit", ours, lambda: time_ours(ours, DIGITNET_RECIPE)),
     "Keras fit": ("DigitNet", None, keras_twin, lambda: time_keras(keras_twin)),
     "ours, mnist_cnn": ("mnist_cnn", "Keras fit, mnist_cnn", ours_classic,
-                        lambda: time_ours(ours_classic, model.training_recipe("cnn_keras_example"))),
+                        lambda: time_ours(ours_classic, recipes.training_recipe("cnn_keras_example"))),
     "Keras fit, mnist_cnn": ("mnist_cnn", None, keras_classic, lambda: time_keras(keras_classic)),
     "ours, augmentation on (the default recipe)": (
         "DigitNet", None, ours, lambda: time_ours(ours, DEFAULT)),
@@ -186,7 +187,7 @@ inference_median = statistics.median(inference_seconds[1:] or inference_seconds)
 training = []
 for name, (architecture, twin, net, _) in contenders.items():
     # Training FLOPs per image: 3 x forward, the usual convention (the backward pass costs about two forwards).
-    flops = 3 * model.count_flops(net)
+    flops = 3 * recipes.count_flops(net)
     rates = [steps * batch_size / s for s in seconds[name]]
     images_per_second = statistics.median(rates)
     # The ratio is the median of the rounds' own ratios: a contender is compared with its twin of the same round.

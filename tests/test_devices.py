@@ -20,7 +20,7 @@ import data
 import devices
 import train
 from conftest import run_py, train_with, write_rows
-from model import build_model
+from recipes import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import pytest
 
 import experiments
 from conftest import write_rows
-from model import MODELS
+from recipes import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

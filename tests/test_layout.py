@@ -1,9 +1,12 @@
-"""Where things live: the product's modules import downwards only, nothing imports the driver run.py, every
-function reads in one screen, every script's settings explain themselves in --help, and every traced function
-is train.graph_function's."""
+"""Where things live: the product's modules import downwards only, nothing imports the driver run.py, the networks
+import no training loop or data loader, training imports no photo command line, every function reads in one
+screen, every script's settings explain themselves in --help, every traced function is train.graph_function's,
+and comments explain rather than log (the figures and the machines they were measured on live in docs/)."""
 import ast
+import re
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,37 @@ MODULES = {path.stem for path in REPO.glob("*.py")}
 SCRIPTS = ["run.py", "tune.py", "experiments.py", "report.py", "predict.py", "benchmarks/speed.py",
            "benchmarks/time_to_accuracy.py", "benchmarks/holdout.py", "benchmarks/hardest.py"]
 MOST_LINES, MOST_PARAMETERS = 60, 8
+# What a lab notebook says and a comment should not: the machine a figure was measured on, holdout folds and their
+# error counts, speed-ups measured "here", and the history of a choice. Instruction-set names (AVX512, AMX) are
+# what code checks for, not machines.
+LOG_WORDS = re.compile(r"\b(EPYC|Xeon|Graviton|Threadripper|Ryzen|Opteron|Core i[3579]|Apple M\d)\b"
+                       r"|\bholdout folds?\b|\bfolds? \d|\b\d[\d,]* (errors|mistakes)\b"
+                       r"|\d+(\.\d+)?x (faster|slower)|(faster|slower) (here|on this)|\bpeaked at\b"
+                       r"|\bstops? (before|ago)\b|\bseed fix\b|\balways (has|had|was|did)\b")
+
+
+def comments_and_docstrings(path):
+    """(line, text) of every comment and docstring of a file."""
+    with open(path) as source:
+        for token in tokenize.generate_tokens(source.readline):
+            if token.type == tokenize.COMMENT:
+                yield token.start[0], token.string
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) \
+                and ast.get_docstring(node):
+            yield node.body[0].lineno, ast.get_docstring(node)
+
+
+def imported_by(names):
+    """The project's modules that importing these brings in, directly or through one another."""
+    graph = {path.stem: project_imports(path) for path in REPO.glob("*.py")}
+    reached, waiting = set(), list(names)
+    while waiting:
+        name = waiting.pop()
+        if name not in reached:
+            reached.add(name)
+            waiting += graph[name]
+    return reached - set(names)
 
 
 def project_imports(path):
@@ -48,6 +82,24 @@ def test_the_product_modules_import_one_another_without_a_circle():
 
     circles = [name for name in graph if reaches(name, name)]
     assert circles == []
+
+
+def test_the_networks_import_neither_the_training_loop_nor_the_data_loader():
+    """model.py is the networks alone: the recipes that train them (recipes.py) and the data are others' to know."""
+    assert imported_by(["model"]) & {"train", "data"} == set()
+
+
+def test_training_imports_no_photo_command_line():
+    """The trainer reads letters for outlier exposure (letters.py), made as photos' digits are (photo.py), without
+    predict.py's command line."""
+    assert "predict" not in imported_by(["train", "letters"])
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("*.py")), ids=lambda path: path.name)
+def test_no_product_comment_logs_machines_folds_error_counts_or_history(path):
+    logged = [f"{path.name}:{line}: {match.group(0)!r}" for line, text in comments_and_docstrings(path)
+              for match in [LOG_WORDS.search(text)] if match]
+    assert logged == []
 
 
 def test_every_traced_function_goes_through_graph_function():

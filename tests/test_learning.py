@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import data
-import model
-import predict
+import photo
+import recipes
 import train
 from conftest import draw_letter
 
@@ -50,8 +50,8 @@ def train_briefly(train_images, train_labels, val_images, val_labels, **recipe):
     import tensorflow as tf
 
     tf.random.set_seed(SEED)
-    network = model.build_model("digitnet", seed=SEED)
-    recipe = model.training_recipe("digitnet", max_n_epochs=EPOCHS, batch_size=BATCH_SIZE, **recipe)
+    network = recipes.build_model("digitnet", seed=SEED)
+    recipe = recipes.training_recipe("digitnet", max_n_epochs=EPOCHS, batch_size=BATCH_SIZE, **recipe)
     train.train(network, (train_images, train_labels, val_images, val_labels), recipe, SEED,
                 train.RunOptions(verbose=False))
     return network
@@ -63,9 +63,9 @@ def digits():
 
 
 def pen_letter(strokes):
-    """A letter written with a pen (conftest.draw_letter) -> float32 [28, 28, 1], made as predict.py makes a
+    """A letter written with a pen (conftest.draw_letter) -> float32 [28, 28, 1], made as photo.py makes a
     photo's digit."""
-    return predict.to_mnist(1 - np.asarray(draw_letter(strokes), np.float32) / 255)[..., None]
+    return photo.to_mnist(1 - np.asarray(draw_letter(strokes), np.float32) / 255)[..., None]
 
 
 def test_a_short_training_gets_most_unseen_digits_right(digits):

@@ -1,4 +1,4 @@
-"""The registered networks (model.MODELS) and the training extras their recipes use: sizes and costs counted
+"""The registered networks (recipes.MODELS) and the training extras their recipes use: sizes and costs counted
 from the architectures by hand, a step of training on real digits, and the plateau schedule, class weights,
 weight penalty and outlier exposure's loss against Keras' own."""
 import dataclasses
@@ -11,7 +11,8 @@ import tensorflow as tf
 import letters
 import train
 from conftest import train_with
-from model import MODELS, DigitNet, build_model, count_parameters, describe_models, training_recipe
+from model import DigitNet, count_parameters
+from recipes import MODELS, build_model, describe_models, training_recipe
 from tools import one_cycle_learning_rate
 from train import (OPTIMIZERS, Plateau, balanced_class_weights, cross_entropy, kernel_penalty, named_variables,
                    uniform_cross_entropy)
@@ -122,6 +123,60 @@ def test_networks_of_neighbouring_seeds_start_from_unrelated_weights():
 
 def test_describe_models_gives_each_model_its_parameters_and_forward_flops():
     assert describe_models() == [(name, PARAMETERS[name], FLOPS[name]) for name in MODELS]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# TensorBoard's graph: named like the diagram
+
+
+def scopes_in_order(op_names, within=""):
+    """The distinct name scopes directly under `within` (or op names, for ops right there), in the order their
+    first op was made: the order the graph runs them in."""
+    seen = []
+    for name in op_names:
+        if name.startswith(within):
+            head = name[len(within):].split("/")[0]
+            if head not in seen:
+                seen.append(head)
+    return seen
+
+
+def test_the_traced_network_reads_like_its_diagram():
+    """DigitNet's diagram, row by row (conv -> maxpool, BN, ReLU; dense, BN, ReLU -> dropout -> dense 10), is how
+    TensorBoard's graph groups its ops."""
+    network, rng = DigitNet(), tf.random.Generator.from_seed(0)
+    graph = train.graph_function(lambda images: network(images, training=True, rng=rng)).get_concrete_function(
+        tf.TensorSpec([2, 28, 28, 1])).graph
+    names = [op.name for op in graph.get_operations()]
+    # nothing loose between the input and the output
+    assert scopes_in_order(names) == ["images", "block1", "block2", "block3", "dense", "dropout", "logits",
+                                      "Identity", "NoOp"]
+    for block in ("block1", "block2", "block3"):
+        assert scopes_in_order(names, f"{block}/") == ["conv", "maxpool", "batch_norm", "Relu"], block
+    assert scopes_in_order(names, "dense/") == ["flatten", "matmul", "batch_norm", "Relu"]
+
+
+def test_tensorboard_graph_of_the_training_step_names_each_stage(digits, tmp_path):
+    """The step's graph that train writes for TensorBoard groups the batch, the augmentation, the network (by its
+    blocks), the loss, the gradients and the optimiser's update, in that order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    images, labels = digits
+    split = images[:64], labels[:64], images[64:96], labels[64:96]
+    recipe = training_recipe("digitnet", max_n_epochs=1, batch_size=32)
+    train.Training(DigitNet(), split, recipe, 0, train.RunOptions(log_dir=str(tmp_path), verbose=False))
+    names = [node.name for node in EventAccumulator(str(tmp_path / "train")).Reload().Graph().node]
+    stages = [scope for scope in scopes_in_order(names) if scope in {
+        "batch", "augmentation", "network", "loss", "gradient_tape", "optimizer"}]
+    assert stages == ["batch", "augmentation", "network", "loss", "gradient_tape", "optimizer"]
+    assert scopes_in_order(names, "network/")[:6] == ["block1", "block2", "block3", "dense", "dropout", "logits"]
+    assert scopes_in_order(names, "network/block1/") == ["conv", "maxpool", "batch_norm", "Relu"]
+
+
+def test_checkpoints_name_each_variable_by_its_attribute_whatever_the_name_scopes(tmp_path):
+    network = DigitNet()
+    path = tf.train.Checkpoint(model=network).write(str(tmp_path / "checkpoint"))
+    keys = {name for name, _ in tf.train.list_variables(path) if name.startswith("model/")}
+    assert keys == {f"model/{name}/.ATTRIBUTES/VARIABLE_VALUE" for name, _ in named_variables(network)}
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -122,14 +122,38 @@ def test_prints_the_table_it_saves(written):
     assert (written.resources / "report.md").read_text() in written.printed
 
 
-def test_feature_maps_are_the_networks_own_activations(written):
+def digitnet_whose_batch_norm_scales_have_both_signs():
+    """A DigitNet whose batch norms have scales of both signs and moving statistics away from 0 and 1: with a
+    negative scale, pooling before or after batch norm and ReLU gives different maps."""
     import tensorflow as tf
+    from model import DigitNet
+    model, rng = DigitNet(seed=1), np.random.default_rng(1)
+    for bn in (model.bn1, model.bn2, model.bn3, model.bn4):
+        n = bn["scale"].shape[0]
+        bn["scale"].assign(tf.constant(rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 1.5, n), tf.float32))
+        bn["moving_mean"].assign(tf.constant(rng.normal(0, 0.1, n), tf.float32))
+        bn["moving_variance"].assign(tf.constant(rng.uniform(0.5, 2.0, n), tf.float32))
+    return model
+
+
+@pytest.mark.parametrize("network", ["trained", "scales of both signs"])
+def test_feature_maps_are_what_the_networks_blocks_compute(written, network):
+    """The picture's maps are the network's: each is a conv block's output (conv, 2x2 max pool, batch norm, ReLU,
+    as model.conv_pool_bn_relu computes it) of the map before, and the rest of the forward pass from the last map
+    gives the network's own logits."""
+    import tensorflow as tf
+    from model import conv_pool_bn_relu, flatten
     from tools import batch_normalize
-    model, image = written.model, written.val_images[0]
+    model = written.model if network == "trained" else digitnet_whose_batch_norm_scales_have_both_signs()
+    image = written.val_images[0]
     maps = report.feature_maps(model, image)
-    assert [m.shape for m in maps] == [(28, 28, 32), (14, 14, 64), (7, 7, 128)]
-    # The rest of the forward pass from the last map on must give the network's own logits.
-    x = tf.reshape(tf.nn.max_pool2d(maps[-1][None], 2, 2, "VALID"), [1, -1])
+    assert [m.shape for m in maps] == [(14, 14, 32), (7, 7, 64), (3, 3, 128)]
+    inputs = [image, *maps[:-1]]
+    for block, (kernel, bn) in enumerate([(model.conv1, model.bn1), (model.conv2, model.bn2),
+                                          (model.conv3, model.bn3)]):
+        expected = conv_pool_bn_relu(inputs[block][None], kernel, bn, training=False)[0]
+        np.testing.assert_allclose(maps[block], expected, atol=1e-5, err_msg=f"block {block + 1}")
+    x = flatten(maps[-1][None])
     x = tf.nn.relu(batch_normalize(x @ model.dense1, model.bn4, training=False))
     np.testing.assert_allclose(x @ model.dense2 + model.bias2, model(image[None], training=False), atol=1e-4)
 

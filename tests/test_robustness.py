@@ -176,7 +176,8 @@ def test_a_loss_that_is_not_finite_stops_the_run_and_keeps_the_last_good_checkpo
 
 def test_resuming_into_another_architecture_is_refused_in_one_line(real_digits, tmp_path):
     import train
-    from model import DigitNet, build_model
+    from model import DigitNet
+    from recipes import build_model
     images, labels = real_digits
     train_briefly(DigitNet(), images, labels, tmp_path)
     with pytest.raises(train.CheckpointMismatch, match="does not fit this network") as refused:

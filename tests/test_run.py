@@ -264,12 +264,12 @@ import sys
 from pathlib import Path
 import numpy as np, tensorflow as tf
 sys.path.insert(0, sys.argv[1])
-import data, ensemble, model, train
+import data, ensemble, recipes, train
 images, labels = data.load_train(sys.argv[2], max_rows=300)
-network = model.build_model("digitnet", seed=1)
+network = recipes.build_model("digitnet", seed=1)
 source = Path(sys.argv[1]) / "model.py"
 source.write_text("import os  # a reader's edit: every line below moves down one\\n" + source.read_text())
-train.train(network, (images, labels, images[:0], labels[:0]), model.training_recipe("digitnet", max_n_epochs=1),
+train.train(network, (images, labels, images[:0], labels[:0]), recipes.training_recipe("digitnet", max_n_epochs=1),
             seed=0, options=train.RunOptions(verbose=False))
 np.testing.assert_allclose(train.predict_probabilities(network, images),
                            tf.nn.softmax(network(images, training=False)), atol=1e-5)
@@ -292,7 +292,7 @@ def test_a_run_whose_source_is_edited_while_it_trains_still_evaluates_and_export
 
 
 def test_list_models_prints_every_network_with_its_size(tmp_path):
-    from model import MODELS
+    from recipes import MODELS
     result = run_py(["--list_models"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name in MODELS:
@@ -308,7 +308,7 @@ def test_an_unknown_model_is_refused_with_the_choices(tmp_path):
 
 def test_model_flag_trains_that_network_with_its_recipe(tmp_path):
     import tensorflow as tf
-    from model import build_model
+    from recipes import build_model
     write_rows_for_run(tmp_path)
     result = run_py(["--model", "mlp", "--max_n_epochs", "1"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -320,7 +320,7 @@ def test_model_flag_trains_that_network_with_its_recipe(tmp_path):
 def test_params_file_trains_the_tuned_network(tmp_path):
     import json
     import tensorflow as tf
-    from model import load_params, tuned_network
+    from recipes import load_params, tuned_network
     write_rows_for_run(tmp_path)
     params = {"filters": [32, 64], "kernel_sizes": [3, 5], "units": [64], "dropout_rate": 0.1, "optimizer": "nadam",
               "learning_rate": 0.002, "batch_size": 64}
@@ -346,7 +346,7 @@ def write_rows_for_run(directory):
 
 
 def test_a_flag_given_at_the_default_networks_value_is_honoured_for_another_network(tmp_path):
-    from model import MODELS
+    from recipes import MODELS
     write_rows_for_run(tmp_path)
     digitnet_rate, mlp_rate = MODELS["digitnet"].recipe.learning_rate, MODELS["mlp"].recipe.learning_rate
     assert digitnet_rate != mlp_rate  # else this would prove nothing

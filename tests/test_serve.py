@@ -77,6 +77,21 @@ def test_listens_on_this_machine_only_unless_told(server):
     assert f"serving model/saved_model on {address} (Ctrl-C stops)" in printed.splitlines()
 
 
+def test_a_port_already_taken_is_refused_in_one_line_naming_it_and_nothing_is_announced(tmp_path,
+                                                                                        tiny_saved_model):  # noqa: F811
+    (tmp_path / "model").mkdir()
+    os.symlink(tiny_saved_model, tmp_path / "model" / "saved_model")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, str(REPO / "serve.py"), "--port", str(port)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "serving" not in result.stdout
+    assert result.stderr.count("\n") == 1 and f"port {port} is already in use" in result.stderr, result.stderr
+
+
 def test_serves_the_page_to_draw_on(server):
     address, _ = server
     with urllib.request.urlopen(address + "/") as reply:

@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 import data
 import train
 import tune
-from model import DigitNet, count_parameters, load_params, training_recipe, tuned_network, tuned_recipe
+from model import DigitNet, count_parameters
+from recipes import load_params, training_recipe, tuned_network, tuned_recipe
 
 # The smallest network and a recipe that learns, as the flat names a trial draws (what enqueue_trial takes).
 SMALL = {"conv_layers": 2, "filters_1": 32, "kernel_size_1": 3, "filters_2": 32, "kernel_size_2": 3,

@@ -15,7 +15,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 import data  # noqa: E402  (after the devices are set)
 import train  # noqa: E402
-from model import build_model  # noqa: E402
+from recipes import build_model  # noqa: E402
 from tools import batch_norm_variables, batch_normalize  # noqa: E402
 
 ONE_DEVICE = tf.distribute.get_strategy()
