@@ -92,7 +92,8 @@ def cannot_apply(config):
                 return f"{flag} needs a validation split, and --percent_data_for_training 100 leaves none"
     directories = [MODEL_DIR] if config.ensemble == 1 else [f"{MODEL_DIR}/ensemble/member-{member}"
                                                              for member in range(1, config.ensemble + 1)]
-    if config.resume and not any(os.path.exists(f"{directory}/latest/checkpoint") for directory in directories):
+    started = any(os.path.exists(f"{directory}/settings.json") for directory in directories)
+    if config.resume and not started:
         return f"--resume: no interrupted run to go on from in {directories[0]}/latest; run without --resume"
     return None
 

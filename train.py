@@ -461,6 +461,8 @@ class Training:
             self.plateau.best, self.plateau.flat_epochs = self.progress["plateau"]
             self.say(f"resuming after epoch {self.progress['epochs_done']}, step {self.progress['steps_done']}, "
                      f"from {latest}")
+        elif self.options.resume and directory:
+            self.say(f"resuming: the interrupted run saved nothing in {directory}/latest yet, so training starts over")
 
     def save(self, which):
         """The whole state to checkpoint_dir/which, under a new name each time: TensorFlow switches its

@@ -119,6 +119,7 @@ def test_a_run_killed_while_saving_can_be_resumed(killed_while_saving):
     result = run_py(["--max_n_epochs", "3", "--batch_size", "32", "--resume"], cwd=killed_while_saving)
     assert result.returncode == 0, result.stderr
     assert "epoch   3/3" in result.stdout and (killed_while_saving / "submission.csv").exists()
+    assert "resuming" in result.stdout  # from the epoch it saved, or saying it saved none yet
 
 
 def test_a_fresh_run_starts_over_in_the_folder_of_a_killed_one(killed_while_saving):
