@@ -97,8 +97,52 @@ def test_an_unknown_model_is_refused_with_the_choices():
 def test_maps_real_digits_to_ten_logits_each_in_both_modes(name, digits):
     images = digits[0][:8]
     model = build_model(name)
-    for logits in (model(images), model(images, training=True, rng=tf.random.Generator.from_seed(0))):
+    inference = model(images).numpy()
+    np.testing.assert_array_equal(model(images).numpy(), inference)  # inference: a function of the pixels alone
+    training = model(images, training=True, rng=tf.random.Generator.from_seed(0)).numpy()
+    for logits in (inference, training):
         assert logits.shape == (8, 10) and np.all(np.isfinite(logits))
+        # each digit's own logits, read from its pixels: no two digits alike, no class the same for every digit
+        assert len(np.unique(logits.round(4), axis=0)) == 8 and np.all(logits.std(axis=0) > 1e-3)
+    # training mode differs where the network has dropout or batch norm (its non-trainable moving statistics)
+    if model.dropout_rate or len(model.variables) > len(model.trainable_variables):
+        assert not np.allclose(training, inference, atol=1e-3)
+    else:
+        np.testing.assert_allclose(training, inference, rtol=1e-5, atol=1e-5)
+
+
+def moving_statistics(model):
+    return [variable.numpy().copy() for variable in model.variables if not variable.trainable]
+
+
+def after_a_few_training_steps(name, digits):
+    """The network after three forward passes in training mode, so that batch norm's moving statistics are no
+    longer their starting zeros and ones."""
+    model = build_model(name, seed=0)
+    for start in (0, 32, 64):
+        model(digits[0][start:start + 32], training=True, rng=tf.random.Generator.from_seed(start))
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_in_inference_a_digit_gets_the_same_logits_alone_as_in_a_batch(name, digits):
+    """Inference normalises by the moving statistics, never by the batch's own: a network whose batch norm is left
+    in training mode reads a digit differently in other company."""
+    model, images = after_a_few_training_steps(name, digits), digits[0][100:108]
+    in_a_batch = model(images).numpy()
+    for index in (0, 5):
+        np.testing.assert_allclose(model(images[index:index + 1]).numpy()[0], in_a_batch[index], rtol=1e-4,
+                                   atol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_inference_leaves_batch_norms_moving_statistics_as_they_were(name, digits):
+    model = after_a_few_training_steps(name, digits)
+    before = moving_statistics(model)
+    model(digits[0][100:116])
+    train.predict_probabilities(model, digits[0][100:116])  # as evaluation and prediction call it, traced
+    for expected, actual in zip(before, moving_statistics(model)):
+        np.testing.assert_array_equal(actual, expected)
 
 
 @pytest.mark.parametrize("name", NEW_MODELS)
