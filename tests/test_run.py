@@ -216,10 +216,55 @@ def test_ensemble_keeps_each_member_and_a_rerun_reuses_them(tmp_path):
     assert "validation accuracy of the 2-member ensemble" in first.stdout
     for member in (1, 2):
         assert (tmp_path / "model" / "ensemble" / f"member-{member}" / "finished.json").exists()
+    # two networks, not one twice: the members end with different weights throughout
+    first_member, second_member = (checkpoint_weights(tmp_path / "model" / "ensemble" / f"member-{member}" / "best")
+                                   for member in (1, 2))
+    assert first_member.keys() == second_member.keys()
+    for name in first_member:
+        assert not np.allclose(first_member[name], second_member[name]), name
     again = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "epoch   1/1" not in again.stdout and again.stdout.count("reusing the finished member") == 2
     assert (tmp_path / "submission.csv").read_text().count("\n") == 51
+
+
+def checkpoint_weights(directory):
+    """The network's variables in the checkpoint in directory, by name."""
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(str(directory))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map() if name.startswith("model/")}
+
+
+def test_ensemble_members_start_from_different_weights_and_seeds(tmp_path, monkeypatch, real_digits):
+    import tensorflow as tf
+
+    import run
+    import train
+    images, labels = real_digits
+    started = []  # (seed, initial weights) of each member as train.train receives it; none is trained here
+
+    def spy(network, split, recipe, seed, options):
+        started.append((seed, np.concatenate([v.numpy().ravel() for v in network.trainable_variables])))
+        return []
+
+    monkeypatch.setattr(train, "train", spy)
+    monkeypatch.chdir(tmp_path)
+    config = run.parse_flags(["--ensemble", "3", "--max_n_epochs", "1", "--seed", "7"])
+    split = images[:64], labels[:64], images[64:96], labels[64:96]
+    run.train_members(config, tf.distribute.get_strategy(), "run", split)
+    assert [seed for seed, _ in started] == [7, 8, 9]
+    for (_, first), (_, second) in [(started[0], started[1]), (started[1], started[2]), (started[0], started[2])]:
+        assert np.isin(first, second).mean() < 0.01  # only the shared zeros and ones of biases and batch norm
+
+
+def test_the_ensembles_probabilities_are_the_mean_of_its_members(real_digits):
+    import ensemble
+    from model import DigitNet, build_model
+    from train import predict_probabilities
+    images = real_digits[0][:50]
+    members = [DigitNet(seed=1), DigitNet(seed=2), build_model("cnn_small", seed=3)]
+    expected = np.mean([predict_probabilities(member, images) for member in members], axis=0)
+    np.testing.assert_allclose(ensemble.ensemble_probabilities(members, images), expected, atol=1e-6)
 
 
 def test_a_member_trained_with_other_settings_is_trained_again(tmp_path):
