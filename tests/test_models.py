@@ -125,6 +125,17 @@ def after_a_few_training_steps(name, digits):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_training_mode_moves_every_batch_norm_layers_moving_statistics(name, digits):
+    """A batch norm layer left in inference mode in training never learns its statistics: at inference it would
+    normalise by the zeros and ones it started with."""
+    model = build_model(name, seed=0)
+    before = moving_statistics(model)
+    model(digits[0][:32], training=True, rng=tf.random.Generator.from_seed(0))
+    for index, (old, new) in enumerate(zip(before, moving_statistics(model))):
+        assert not np.allclose(old, new), f"moving statistic {index} did not move"
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_in_inference_a_digit_gets_the_same_logits_alone_as_in_a_batch(name, digits):
     """Inference normalises by the moving statistics, never by the batch's own: a network whose batch norm is left
     in training mode reads a digit differently in other company."""
@@ -219,6 +230,17 @@ def test_train_with_the_plateau_schedule_cuts_the_learning_rate_when_validation_
                          schedule="plateau", plateau_patience=1, plateau_factor=0.1)
     # steps of 1e-8 leave the validation loss flat: epoch 2 is the first flat one, so epoch 3 runs at a tenth
     assert [record["learning_rate"] for record in history] == pytest.approx([1e-8, 1e-8, 1e-9])
+
+
+def test_train_with_the_plateau_schedule_watches_the_validation_loss_not_the_training_loss(digits, monkeypatch):
+    images, labels = digits
+    scores = iter([(1.0, 0.5), (0.9, 0.6), (0.8, 0.7)])  # the validation loss falls every epoch
+    monkeypatch.setattr(train, "evaluate", lambda model, images, labels: next(scores))
+    history = train_with(build_model("mlp"), (images[:64], labels[:64], images[64:96], labels[64:96]),
+                         max_n_epochs=3, patience=10, batch_size=64, learning_rate=1e-8, optimizer="adam",
+                         schedule="plateau", plateau_patience=1, plateau_factor=0.1)
+    # steps of 1e-8 leave the training loss flat, and it is not what the schedule watches: no cut
+    assert [record["learning_rate"] for record in history] == pytest.approx([1e-8, 1e-8, 1e-8])
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import train
 from model import DigitNet, build_model
-from tools import TRAINING_DRAWS, data_augmentation, random_generator
+from tools import TRAINING_DRAWS, Adam, data_augmentation, random_generator
 
 AUGMENTATION = dict(max_rotation_degrees=10.0, max_shift_fraction=0.1, max_zoom_fraction=0.1)
 
@@ -84,6 +84,45 @@ def test_evaluation_sees_the_validation_digits_as_they_are_never_augmented(split
     np.testing.assert_array_equal(network.evaluated_on.numpy(), split[2])
 
 
+def test_each_step_is_one_optimiser_step_on_the_gradient_of_its_batchs_loss(split):
+    """Replayed by hand on a copy of the network: each batch's rows (as the loop took them), the recipe's loss on
+    them in training mode with dropout drawn from the run's stream, its gradient, one Adam step. A step whose
+    gradients were dropped, scaled or taken on another loss or batch parts from the replay."""
+    network, after_step = DigitNet(seed=1), []
+    options = train.RunOptions(verbose=False, after_step=lambda step, seconds: after_step.append(
+        [variable.numpy().copy() for variable in network.variables]))
+    training, batches = training_run(network, split, max_n_epochs=2, batch_size=16, label_smoothing=0.1,
+                                     options=options)
+    training.run()
+    images, labels = split[0], split[1]
+    replay = DigitNet(seed=1)
+    adam, rng = Adam(replay.trainable_variables, learning_rate=1e-3), random_generator(0, TRAINING_DRAWS)
+    for rows, expected in zip(batches, after_step):
+        with tf.GradientTape() as tape:
+            loss = train.cross_entropy(replay(images[rows], training=True, rng=rng), labels[rows], 0.1)
+        adam.apply_gradients(tape.gradient(loss, replay.trainable_variables))
+        for variable, value in zip(replay.variables, expected):
+            np.testing.assert_allclose(variable.numpy(), value, rtol=1e-4, atol=1e-5)
+    assert len(after_step) == 8
+
+
+def test_every_step_moves_the_weights(split):
+    """The optimiser applies every batch's gradients: no step is left out, the first and last of an epoch included."""
+    network = build_model("mlp", seed=1)
+    weights_after = []
+
+    def record(step, seconds):
+        weights_after.append(np.concatenate([v.numpy().ravel() for v in network.trainable_variables]))
+
+    initial = np.concatenate([v.numpy().ravel() for v in network.trainable_variables])
+    training, _ = training_run(network, split, max_n_epochs=2, batch_size=16,
+                               options=train.RunOptions(after_step=record, verbose=False))
+    training.run()
+    assert len(weights_after) == 8
+    for before, after in zip([initial] + weights_after, weights_after):
+        assert not np.array_equal(before, after)
+
+
 # ---- the order of the rows --------------------------------------------------------------------------------
 
 def epoch_orders(split, seed, epochs=3, batch_size=16):
@@ -129,62 +168,77 @@ def test_an_epochs_training_loss_and_accuracy_are_means_over_its_digits_whatever
     assert record["train_accuracy"] == pytest.approx(np.sum(correct) / 64, rel=1e-6)
 
 
-def test_every_step_moves_the_weights(split):
-    """The optimiser applies every batch's gradients: no step is left out, the first and last of an epoch included."""
-    network = build_model("mlp", seed=1)
-    weights_after = []
-
-    def record(step, seconds):
-        weights_after.append(np.concatenate([v.numpy().ravel() for v in network.trainable_variables]))
-
-    initial = np.concatenate([v.numpy().ravel() for v in network.trainable_variables])
-    training, _ = training_run(network, split, max_n_epochs=2, batch_size=16,
-                               options=train.RunOptions(after_step=record, verbose=False))
-    training.run()
-    assert len(weights_after) == 8
-    for before, after in zip([initial] + weights_after, weights_after):
-        assert not np.array_equal(before, after)
-
-
 # ---- interrupted and resumed ------------------------------------------------------------------------------
 
 def weights_of(network):
     return [variable.numpy().copy() for variable in network.variables]
 
 
-def interruptible_run(split, checkpoint_dir, resume=False, stop_after_step=None):
-    """DigitNet trained 2 epochs of 4 steps by a recipe that draws from the run's random stream (augmentation and
-    dropout) on a one-cycle schedule, saving in checkpoint_dir; with stop_after_step, Ctrl-C comes during that
-    step (as a user presses it: the run saves and stops) -> (the network, the steps it took, numbered over the
-    whole run)."""
+def interruptible_run(split, checkpoint_dir, scores, schedule, resume=False, stop_after_step=None):
+    """DigitNet trained 2 epochs of 4 steps by a recipe that keeps every kind of state a run has (the random stream
+    of augmentation and dropout, Adam's moments, the schedule's step or plateau count, a moving average of the
+    weights, the best epoch's weights), saving in checkpoint_dir; its epochs' validation (loss, accuracy) are the
+    next of `scores` (an iterator that goes on across an interruption). With stop_after_step, Ctrl-C comes during
+    that step, as a user presses it: the run finishes the step, saves and stops. -> (the network, the steps it
+    took, numbered over the whole run)."""
     network, steps = DigitNet(seed=1), []
 
     def after_step(step, seconds):
         steps.append(step)
         if step == stop_after_step:
-            os.kill(os.getpid(), signal.SIGINT)  # the run's own handler takes it: it finishes the step, then stops
+            os.kill(os.getpid(), signal.SIGINT)  # the run's own handler takes it
 
-    recipe = train.Recipe(max_n_epochs=2, patience=100, batch_size=16, learning_rate=3e-3, schedule="one_cycle",
-                          augmentation=AUGMENTATION, ema_decay=0.5)
+    recipe = train.Recipe(max_n_epochs=2, patience=100, batch_size=16, learning_rate=3e-3, schedule=schedule,
+                          plateau_patience=1, augmentation=AUGMENTATION, ema_decay=0.5)
     options = train.RunOptions(checkpoint_dir=str(checkpoint_dir), resume=resume, after_step=after_step,
                                verbose=False)
-    train.train(network, split, recipe, 0, options)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "evaluate", lambda model, images, labels: next(scores))
+        train.train(network, split, recipe, 0, options)
     return network, steps
+
+
+# The first epoch is the better: the run keeps its weights to the end, so its 'best' state must survive a resume;
+# and the plateau schedule cuts the rate after the second (plateau_patience 1), if it remembers the first.
+SCORES = [(0.3, 0.9), (0.5, 0.8)]
+
+
+def run_state(checkpoint_dir, network):
+    """Everything a run holds at its end: the weights it kept, and every variable of its last checkpoint (the
+    weights it trained, the optimiser's, the random stream's, the average's, the best epoch's) but the
+    bookkeeping of its progress (which holds timings)."""
+    reader = tf.train.load_checkpoint(str(checkpoint_dir / "latest"))
+    saved = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+             if not name.startswith(("progress", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
+    return {**saved, **{f"kept/{index}": value for index, value in enumerate(weights_of(network))}}
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(real_digits, tmp_path_factory):
+    """schedule -> run_state of a run of it never interrupted (each run once)."""
     images, labels = real_digits
-    split = images[:64], labels[:64], images[64:96], labels[64:96]
-    return weights_of(interruptible_run(split, tmp_path_factory.mktemp("uninterrupted"))[0])
+    split, states = (images[:64], labels[:64], images[64:96], labels[64:96]), {}
+
+    def state(schedule):
+        if schedule not in states:
+            directory = tmp_path_factory.mktemp(schedule)
+            states[schedule] = run_state(directory, interruptible_run(split, directory, iter(SCORES), schedule)[0])
+        return states[schedule]
+    return state
 
 
-@pytest.mark.parametrize("stop_after_step", [2, 4, 5])  # mid-epoch, at the end of epoch 1, early in epoch 2
-def test_a_run_interrupted_then_resumed_ends_with_the_weights_of_one_never_interrupted(
-        split, tmp_path, uninterrupted, stop_after_step):
+# mid-epoch, at the end of epoch 1, early in epoch 2; and the plateau schedule's count across epochs
+@pytest.mark.parametrize("stop_after_step, schedule", [(2, "one_cycle"), (4, "one_cycle"), (5, "one_cycle"),
+                                                       (4, "plateau")])
+def test_a_run_interrupted_then_resumed_ends_as_one_never_interrupted(split, tmp_path, uninterrupted,
+                                                                       stop_after_step, schedule):
+    scores = iter(SCORES)
     with pytest.raises(train.TrainingInterrupted, match="interrupted by Ctrl-C"):
-        interruptible_run(split, tmp_path, stop_after_step=stop_after_step)
-    resumed, steps = interruptible_run(split, tmp_path, resume=True)
+        interruptible_run(split, tmp_path, scores, schedule, stop_after_step=stop_after_step)
+    resumed, steps = interruptible_run(split, tmp_path, scores, schedule, resume=True)
     assert steps == list(range(stop_after_step + 1, 9))  # it went on where it stopped: no step skipped or repeated
-    for expected, actual in zip(uninterrupted, weights_of(resumed)):
-        np.testing.assert_array_equal(actual, expected)
+    state, uninterrupted = run_state(tmp_path, resumed), uninterrupted(schedule)
+    assert state.keys() == uninterrupted.keys() and len(state) > 40
+    for name, expected in uninterrupted.items():
+        np.testing.assert_array_equal(state[name], expected, err_msg=name)
+
