@@ -397,10 +397,10 @@ class Training:
             self.optimizer.learning_rate.assign(self.plateau(watched, record["learning_rate"]))
         if best_epoch(progress["history"]) is record:
             progress["best_epoch"] = epoch
-            with self.averaged_weights():
+            with self.averaged_weights():  # 'best' holds the weights kept, as report.py and a reused member read it
                 for copy, variable in zip(self.best_weights, self.model.variables):
                     copy.assign(variable)
-            self.save("best")
+                self.save("best")
         self.save("latest")
 
     def averaged_weights(self):
