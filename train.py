@@ -431,6 +431,7 @@ class Training:
             for which in ("latest", "best")}
         latest = self.managers and self.managers["latest"].latest_checkpoint
         if self.options.resume and latest:
+            self.checkpoint.save_counter  # made before the restore fills it: else TensorFlow warns it was left out
             restore_checkpoint(self.checkpoint, latest)
             self.progress.update(json.loads(self.progress_text.numpy().decode()))
             self.plateau.best, self.plateau.flat_epochs = self.progress["plateau"]

@@ -242,3 +242,15 @@ def test_a_run_interrupted_then_resumed_ends_as_one_never_interrupted(split, tmp
     for name, expected in uninterrupted.items():
         np.testing.assert_array_equal(state[name], expected, err_msg=name)
 
+
+def test_resuming_a_finished_run_trains_nothing_more_and_warns_of_nothing(split, tmp_path, caplog):
+    """As run.py --resume does after a full disk stopped its export: the run is done, its outputs are not."""
+    import gc
+    import logging
+    scores = iter(SCORES)
+    interruptible_run(split, tmp_path, scores, "one_cycle")
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        resumed, steps = interruptible_run(split, tmp_path, scores, "one_cycle", resume=True)
+        del resumed
+        gc.collect()  # TensorFlow warns of a checkpoint's unrestored values when its restore is collected
+    assert steps == [] and caplog.records == []
