@@ -322,7 +322,11 @@ def main(argv=None):
         search(tuning, digits, config)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished trials are kept in {config.storage}; the same command resumes")
-    write_results(tuning)
+    try:
+        write_results(tuning)
+    except files.DiskFull as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -44,9 +44,10 @@ def test_replace_directory_keeps_the_old_version_until_the_new_one_is_complete(t
     with pytest.raises(Crash):
         files.replace_directory(version("second", crash=True), path)
     assert (path / "saved_model.pb").read_text() == "first"
+    assert sorted(os.listdir(tmp_path)) == ["saved_model", "saved_model.1"]  # the crashed one's half: gone at once
     files.replace_directory(version("third"), path)
     assert (path / "saved_model.pb").read_text() == "third"
-    assert sorted(os.listdir(tmp_path)) == ["saved_model", "saved_model.3"]  # the first and the crashed one: gone
+    assert sorted(os.listdir(tmp_path)) == ["saved_model", "saved_model.2"]  # the first: gone once the third is in
 
 
 def test_a_directory_from_before_versions_is_replaced(tmp_path):
