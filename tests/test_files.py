@@ -99,8 +99,9 @@ def test_a_second_run_in_a_folder_where_one_is_training_refuses_in_one_line(tmp_
 
 @pytest.fixture(scope="module")
 def killed_while_saving(tmp_path_factory):
-    """A run killed with SIGKILL the moment it reports its first epoch: it is saving that epoch's checkpoints
-    and about to go on. -> its folder."""
+    """A run killed with SIGKILL the moment it reports its second epoch: it is saving that epoch's checkpoints
+    (the first epoch's are whole: a run killed before it saved any has nothing to resume) and about to go on.
+    -> its folder."""
     workdir = tmp_path_factory.mktemp("killed")
     write_rows("train", 600, workdir / "train.csv")
     write_rows("test", 20, workdir / "test.csv")
@@ -108,7 +109,7 @@ def killed_while_saving(tmp_path_factory):
                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in run.stdout:
-        if line.startswith("epoch   1/3"):
+        if line.startswith("epoch   2/3"):
             run.send_signal(signal.SIGKILL)
             break
     run.wait(timeout=600)
