@@ -19,11 +19,17 @@ class DiskFull(Exception):
 
 
 def is_disk_full(error):
-    """Whether an error is a full disk (or quota): Python's OSError ENOSPC or EDQUOT, or the same words in
-    another library's error (TensorFlow's ResourceExhaustedError: '...; No space left on device')."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return any(os.strerror(number) in str(error) for number in (errno.ENOSPC, errno.EDQUOT))
+    """Whether an error is a full disk (or quota), or was caused by one: Python's OSError ENOSPC or EDQUOT, or
+    the same words in another library's error (TensorFlow's ResourceExhaustedError: '...; No space left on
+    device'), or SQLite's under an Optuna study ('database or disk is full')."""
+    words = [os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), "database or disk is full"]
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(said in str(error) for said in words):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def mount_point(path):

@@ -294,6 +294,16 @@ def parse_flags(argv):
 
 def main(argv=None):
     config = parse_flags(sys.argv[1:] if argv is None else argv)
+    try:  # a full disk, met by the study's database or by the results' files: one line
+        with files.writing(config.storage.removeprefix("sqlite:///"), "the study"):
+            return search_and_report(config)
+    except files.DiskFull as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def search_and_report(config):
+    """The search that config describes, then its results (write_results). -> the exit code."""
     if config.quick:
         print(f"quick: {config.rows} digits, {config.max_n_epochs} epochs a trial, {config.trials} trials or "
               f"{config.timeout}s, study {config.study}: a smoke run of the search, its accuracies are not a result")
@@ -322,11 +332,7 @@ def main(argv=None):
         search(tuning, digits, config)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished trials are kept in {config.storage}; the same command resumes")
-    try:
-        write_results(tuning)
-    except files.DiskFull as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    write_results(tuning)
     return 0
 
 

@@ -72,6 +72,20 @@ class SimulatedDisk:
         if "saved_models" in refusing:
             self.patches.setattr(tf.saved_model, "save", lambda obj, export_dir, **_: self.cut_short(
                 f"{export_dir}/variables/variables_temp"))
+        if "study" in refusing:  # SQLite's words, through SQLAlchemy, under the error Optuna's storage raises
+            import sqlite3
+
+            import optuna
+            import sqlalchemy
+
+            def create_new_trial(*_, **__):
+                try:
+                    raise sqlalchemy.exc.OperationalError("INSERT INTO trials", {},
+                                                          sqlite3.OperationalError("database or disk is full"))
+                except sqlalchemy.exc.OperationalError as error:
+                    raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") \
+                        from error
+            self.patches.setattr(optuna.storages.RDBStorage, "_create_new_trial", create_new_trial)
         if "logs" in refusing:
             def create_file_writer(logdir, **_):
                 raise tensorflow_out_of_space(f"{logdir}/events.out.tfevents")
@@ -123,9 +137,9 @@ def everything_in(directory, leaving_out=("filler",)):
 
 def half_written(directory):
     """The names that a write cut short leaves: TensorFlow's _temp and tempstate files, atomic_open's and
-    replace_directory's temporaries."""
+    replace_directory's temporaries, SQLite's journal."""
     return [name for name in everything_in(directory)
-            if any(mark in name for mark in ("_temp", "tempstate", ".tmp", ".link"))]
+            if any(mark in name for mark in ("_temp", "tempstate", ".tmp", ".link", "-journal"))]
 
 
 # ---- the writers --------------------------------------------------------------------------------------------
@@ -286,17 +300,17 @@ def test_report_py_on_a_full_disk_says_in_one_line_what_it_could_not_write_and_k
     assert half_written(disk.path) == []
 
 
-def test_tune_py_on_a_full_disk_says_in_one_line_what_it_could_not_write(tmp_path, disk, capsys, monkeypatch):
+def one_made_up_trial(study, digits, config):
+    """tune.search's stand-in: one finished trial, made up (these tests are about what tune.py writes)."""
     import optuna
+    params = dict(filters=[32, 64], kernel_sizes=[3, 3], units=[64], dropout_rate=0.1, optimizer="adam",
+                  learning_rate=1e-3, batch_size=64)
+    study.add_trial(optuna.trial.create_trial(value=0.9, params={}, distributions={}, user_attrs={"params": params}))
+
+
+def test_tune_py_on_a_full_disk_says_in_one_line_what_it_could_not_write(tmp_path, disk, capsys, monkeypatch):
     import tune
-
-    def search(study, digits, config):  # one finished trial, made up: this is about the results' files
-        params = dict(filters=[32, 64], kernel_sizes=[3, 3], units=[64], dropout_rate=0.1, optimizer="adam",
-                      learning_rate=1e-3, batch_size=64)
-        study.add_trial(optuna.trial.create_trial(value=0.9, params={}, distributions={},
-                                                  user_attrs={"params": params}))
-
-    monkeypatch.setattr(tune, "search", search)
+    monkeypatch.setattr(tune, "search", one_made_up_trial)
     monkeypatch.chdir(disk.path)
     write_rows("train", 200, disk.path / "train.csv")
     tuning = ["--rows", "200", "--storage", f"sqlite:///{tmp_path}/tuning.db"]  # the study elsewhere
@@ -311,3 +325,30 @@ def test_tune_py_on_a_full_disk_says_in_one_line_what_it_could_not_write(tmp_pat
         f"error: cannot write resources/tuning.md: no space left on the disk mounted at "
         f"{files.mount_point(disk.path)}"]
     assert everything_in(disk.path / "resources") == previous and half_written(disk.path) == []
+
+
+def test_tune_py_with_its_study_on_a_full_disk_says_so_in_one_line_and_keeps_the_trials_it_had(disk, capsys,
+                                                                                                 monkeypatch):
+    import optuna
+    import tune
+    monkeypatch.setattr(tune, "search", one_made_up_trial)
+    monkeypatch.chdir(disk.path)
+    write_rows("train", 200, disk.path / "train.csv")
+    study = disk.path / "model" / "tuning.db"
+    tuning = ["--rows", "200", "--storage", f"sqlite:///{study}"]
+    assert tune.main(tuning) == 0
+    capsys.readouterr()
+
+    def trials():
+        return [(t.number, t.state, t.value) for t in optuna.load_study(study_name=tune.study,
+                                                                        storage=f"sqlite:///{study}").trials]
+    before = trials()
+    disk.fill(leaving=0, refusing=("study",))
+    code = tune.main(tuning)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.splitlines() == [
+        f"error: cannot write {study} (the study): no space left on the disk mounted at "
+        f"{files.mount_point(disk.path)}"]
+    disk.free()
+    assert trials() == before and half_written(disk.path) == []
