@@ -148,7 +148,11 @@ def main(argv=None):
             continue
         print(f"{path}: {reading.digits}  ({reading.details})", flush=True)
         if args.show and len(reading.pictures):
-            save_preview(reading.pictures, Path(path).with_name(Path(path).stem + ".mnist.png"))
+            try:
+                save_preview(reading.pictures, Path(path).with_name(Path(path).stem + ".mnist.png"))
+            except files.DiskFull as error:
+                print(f"error: {error}", file=sys.stderr)
+                failed += 1
     return 2 if failed else 0  # some file failed
 
 

@@ -57,7 +57,7 @@ def log_misclassified(images, labels, probabilities, log_dir, limit=24):
 
     wrong = misclassified(labels, probabilities)
     if len(wrong):
-        with tf.summary.create_file_writer(log_dir).as_default():
+        with files.writing(log_dir, "the TensorBoard logs"), tf.summary.create_file_writer(log_dir).as_default():
             tf.summary.image("misclassified digits (most confident first)", images[wrong[:limit]], step=0,
                              max_outputs=limit)
     return len(wrong)
@@ -249,12 +249,13 @@ def log_pictures(paths, log_dir):
     """Each PNG as a TensorBoard image named after its file."""
     import tensorflow as tf
 
-    writer = tf.summary.create_file_writer(log_dir)
-    with writer.as_default():
-        for path in paths:
-            picture = tf.image.decode_png(tf.io.read_file(path), channels=3)
-            tf.summary.image(os.path.splitext(os.path.basename(path))[0], picture[None], step=0)
-    writer.close()
+    with files.writing(log_dir, "the TensorBoard logs"):
+        writer = tf.summary.create_file_writer(log_dir)
+        with writer.as_default():
+            for path in paths:
+                picture = tf.image.decode_png(tf.io.read_file(path), channels=3)
+                tf.summary.image(os.path.splitext(os.path.basename(path))[0], picture[None], step=0)
+        writer.close()
 
 
 # ---- the report --------------------------------------------------------------------------------------------
@@ -332,7 +333,11 @@ def main(argv=None):
     tf.train.Checkpoint(model=model).read(tf.train.latest_checkpoint(f"{MODEL_DIR}/best")).expect_partial() \
         .assert_existing_objects_matched()
     history = (files.read_json(f"{RESOURCES_DIR}/report.json") or {}).get("history")
-    write_report(model, history, train_labels, val_images, val_labels, RESOURCES_DIR)
+    try:
+        write_report(model, history, train_labels, val_images, val_labels, RESOURCES_DIR)
+    except files.DiskFull as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -41,6 +41,7 @@ train = ""                       # train.csv's path; default: ./train.csv(.gz), 
 test = ""                        # test.csv's path; likewise
 # ------------------------------------------------------------------------------
 import dataclasses
+import glob
 import json
 import os
 import re
@@ -99,7 +100,8 @@ def cannot_apply(config):
 
 
 def main(argv=None):
-    config = parse_flags(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    config = parse_flags(args)
     started = time.time()
     if config.list_models:
         import_tensorflow()
@@ -147,8 +149,20 @@ def main(argv=None):
         return fail(error)
     except train.TrainingDiverged as error:
         return fail(error, code=1)
+    except files.DiskFull as error:
+        return fail(f"{error}; what was there before is as it was: free some space, then {go_on(args, started)}",
+                    code=1)
     print(f"{time.time() - started:.0f}s in all")
     return 0
+
+
+def go_on(args, started):
+    """How to go on after a full disk stopped the run of these arguments that started at `started` (time.time()):
+    with --resume if it saved a checkpoint, else (it saved none, only an earlier run did) by running it again."""
+    saved = [f"{MODEL_DIR}/latest/checkpoint"] + glob.glob(f"{MODEL_DIR}/ensemble/member-*/latest/checkpoint")
+    if any(os.path.getmtime(path) >= started for path in saved if os.path.exists(path)):
+        return " ".join(["python", "run.py", *[arg for arg in args if arg != "--resume"], "--resume"])
+    return "run the same command again"
 
 
 def fail(error, code=2):

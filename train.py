@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -22,6 +24,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+import files
 from tools import (TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer, Nadam,
                    data_augmentation, one_cycle_learning_rate, random_generator)
 
@@ -178,7 +181,8 @@ def train(model, split, recipe, seed, options=RunOptions()):
     restore its best epoch (best_epoch). -> the history: one dict per epoch.
 
     Ctrl-C or SIGTERM ends the current step, saves 'latest' and raises TrainingInterrupted; a loss that is not
-    finite raises TrainingDiverged; a 'latest' that does not fit the network raises CheckpointMismatch.
+    finite raises TrainingDiverged; a 'latest' that does not fit the network raises CheckpointMismatch; a full
+    disk raises files.DiskFull, the checkpoints as they were before the save that met it.
     With options.strategy, the model must have been built under strategy.scope()."""
     return Training(model, split, recipe, seed, options).run()
 
@@ -399,16 +403,17 @@ class Training:
         self.say(f"epoch {epoch:3d}/{math.ceil(self.recipe.max_n_epochs)}  train loss {record['train_loss']:.4f} "
                  f"acc {100 * record['train_accuracy']:.2f}%  {validation}lr {record['learning_rate']:.2e}  {seconds:.1f}s")
         if self.writers:
-            log_epoch(self.writers, self.model, record)
+            with files.writing(self.options.log_dir, "the TensorBoard logs"):
+                log_epoch(self.writers, self.model, record)
         if self.recipe.schedule == "plateau":  # Keras watches the validation loss; without one, the training loss
             watched = val_loss if len(self.val_labels) else record["train_loss"]
             self.optimizer.learning_rate.assign(self.plateau(watched, record["learning_rate"]))
         if best_epoch(progress["history"]) is record:
             progress["best_epoch"] = epoch
-            with self.averaged_weights():
+            with self.averaged_weights():  # 'best' holds the weights kept, as report.py and a reused member read it
                 for copy, variable in zip(self.best_weights, self.model.variables):
                     copy.assign(variable)
-            self.save("best")
+                self.save("best")
         self.save("latest")
 
     def averaged_weights(self):
@@ -456,6 +461,7 @@ class Training:
             for which in ("latest", "best")}
         latest = self.managers and self.managers["latest"].latest_checkpoint
         if self.options.resume and latest:
+            self.checkpoint.save_counter  # made before the restore fills it: else TensorFlow warns it was left out
             restore_checkpoint(self.checkpoint, latest)
             self.progress.update(json.loads(self.progress_text.numpy().decode()))
             self.plateau.best, self.plateau.flat_epochs = self.progress["plateau"]
@@ -466,11 +472,19 @@ class Training:
 
     def save(self, which):
         """The whole state to checkpoint_dir/which, under a new name each time: TensorFlow switches its
-        'checkpoint' file to it only once it is written, so a crash keeps the previous one."""
+        'checkpoint' file to it only once it is written, so a crash keeps the previous one. A save that fails
+        (a full disk: files.DiskFull) leaves nothing of itself behind."""
         if self.managers:
             self.progress["plateau"] = [self.plateau.best, self.plateau.flat_epochs]
             self.progress_text.assign(json.dumps(self.progress))
-            self.managers[which].save(checkpoint_number=self.optimizer.iterations)
+            directory = f"{self.options.checkpoint_dir}/{which}"
+            before = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+            try:
+                with files.writing(directory, f"the {which} checkpoint"):
+                    self.managers[which].save(checkpoint_number=self.optimizer.iterations)
+            except BaseException:
+                remove_unfinished_checkpoint(directory, before)
+                raise
 
     def saved_in(self):
         return f"; everything is saved in {self.options.checkpoint_dir}/latest" if self.managers else ""
@@ -482,10 +496,11 @@ class Training:
         log_dir."""
         if not self.options.log_dir:
             return None
-        writers = {split: tf.summary.create_file_writer(f"{self.options.log_dir}/{split}")
-                   for split in ("train", "validation")}
-        with writers["train"].as_default():
-            tf.summary.graph(self.step.get_concrete_function().graph)
+        with files.writing(self.options.log_dir, "the TensorBoard logs"):
+            writers = {split: tf.summary.create_file_writer(f"{self.options.log_dir}/{split}")
+                       for split in ("train", "validation")}
+            with writers["train"].as_default():
+                tf.summary.graph(self.step.get_concrete_function().graph)
         return writers
 
     def say(self, line):
@@ -523,6 +538,21 @@ class StopRequests:
     def __exit__(self, *exception):
         for signal_number, handler in self.previous.items():
             signal.signal(signal_number, handler)
+
+
+def remove_unfinished_checkpoint(directory, before):
+    """Remove what a failed save left in directory: whatever was not there `before` (the names in it then), but
+    the checkpoint that TensorFlow's 'checkpoint' file names, which it names only once that one is whole."""
+    if not os.path.isdir(directory):
+        return
+    named = tf.train.latest_checkpoint(directory)
+    for name in set(os.listdir(directory)) - before:
+        if name != "checkpoint" and not (named and name.startswith(os.path.basename(named) + ".")):
+            path = os.path.join(directory, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
 
 
 def restore_checkpoint(checkpoint, path):

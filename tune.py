@@ -297,6 +297,16 @@ def parse_flags(argv):
 
 def main(argv=None):
     config = parse_flags(sys.argv[1:] if argv is None else argv)
+    try:  # a full disk, met by the study's database or by the results' files: one line
+        with files.writing(config.storage.removeprefix("sqlite:///"), "the study"):
+            return search_and_report(config)
+    except files.DiskFull as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def search_and_report(config):
+    """The search that config describes, then its results (write_results). -> the exit code."""
     if config.quick:
         print(f"quick: {config.rows} digits, {config.max_n_epochs} epochs a trial, {config.trials} trials or "
               f"{config.timeout}s, study {config.study}: a smoke run of the search; its numbers mean nothing")

@@ -3,6 +3,7 @@ scripted (train.evaluate replaced), so each test says exactly which epoch must b
 One step an epoch on 64 real digits, so that the weights after each epoch can be recorded by after_step."""
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import train
 from model import DigitNet
@@ -16,9 +17,10 @@ def split(real_digits):
     return images[:N_TRAIN], labels[:N_TRAIN], images[N_TRAIN:N_TRAIN + 32], labels[N_TRAIN:N_TRAIN + 32]
 
 
-def train_scripted(monkeypatch, split, scores, schedule="constant", patience=100):
+def train_scripted(monkeypatch, split, scores, schedule="constant", patience=100, checkpoint_dir=None, **fields):
     """train.train on `split` with one step an epoch, the validation (loss, accuracy) of epoch k being scores[k-1]
-    -> (the history, the network, its weights after each epoch: {epoch: [arrays]})."""
+    (and these other train.Recipe fields) -> (the history, the network, its weights after each epoch:
+    {epoch: [arrays]})."""
     epochs = iter(scores)
     monkeypatch.setattr(train, "evaluate", lambda model, images, labels: next(epochs))
     network, after_epoch = DigitNet(seed=1), {}
@@ -27,8 +29,9 @@ def train_scripted(monkeypatch, split, scores, schedule="constant", patience=100
         after_epoch[step] = [variable.numpy().copy() for variable in network.variables]
 
     recipe = train.Recipe(max_n_epochs=len(scores), patience=patience, batch_size=N_TRAIN, learning_rate=1e-3,
-                          schedule=schedule)
-    history = train.train(network, split, recipe, 0, train.RunOptions(after_step=record, verbose=False))
+                          schedule=schedule, **fields)
+    options = train.RunOptions(after_step=record, checkpoint_dir=checkpoint_dir, verbose=False)
+    history = train.train(network, split, recipe, 0, options)
     return history, network, after_epoch
 
 
@@ -41,6 +44,28 @@ def test_the_epoch_with_the_highest_validation_accuracy_is_kept(monkeypatch, spl
     history, network, after_epoch = train_scripted(monkeypatch, split, scores)
     assert len(history) == 4
     assert weights_equal(network, after_epoch[2]) and not weights_equal(network, after_epoch[4])
+
+
+def saved_weights(directory):
+    """The network in the checkpoint in directory, as report.py and a reused ensemble member read it."""
+    network = DigitNet(seed=2)
+    tf.train.Checkpoint(model=network).read(tf.train.latest_checkpoint(str(directory))).expect_partial()
+    return [variable.numpy() for variable in network.variables]
+
+
+def test_the_best_checkpoint_holds_the_epoch_that_is_kept(monkeypatch, split, tmp_path):
+    scores = [(0.5, 0.80), (0.4, 0.90), (0.3, 0.85)]
+    _, network, after_epoch = train_scripted(monkeypatch, split, scores, checkpoint_dir=str(tmp_path))
+    assert weights_equal(network, after_epoch[2])
+    assert all(np.array_equal(saved, kept) for saved, kept in zip(saved_weights(tmp_path / "best"), after_epoch[2]))
+
+
+def test_with_a_moving_average_the_best_checkpoint_holds_the_averaged_weights_that_are_kept(monkeypatch, split,
+                                                                                               tmp_path):
+    scores = [(0.5, 0.80), (0.4, 0.90), (0.3, 0.85)]
+    _, network, after_epoch = train_scripted(monkeypatch, split, scores, checkpoint_dir=str(tmp_path), ema_decay=0.5)
+    assert not weights_equal(network, after_epoch[2])  # what is kept is the average, not the epoch's weights ...
+    assert weights_equal(network, saved_weights(tmp_path / "best"))  # ... and what report.py and run.py read back
 
 
 def test_a_tie_in_validation_accuracy_goes_to_the_lower_validation_loss(monkeypatch, split):

@@ -44,9 +44,10 @@ def test_replace_directory_keeps_the_old_version_until_the_new_one_is_complete(t
     with pytest.raises(Crash):
         files.replace_directory(version("second", crash=True), path)
     assert (path / "saved_model.pb").read_text() == "first"
+    assert sorted(os.listdir(tmp_path)) == ["saved_model", "saved_model.1"]  # the crashed one's half: gone at once
     files.replace_directory(version("third"), path)
     assert (path / "saved_model.pb").read_text() == "third"
-    assert sorted(os.listdir(tmp_path)) == ["saved_model", "saved_model.3"]  # the first and the crashed one: gone
+    assert sorted(os.listdir(tmp_path)) == ["saved_model", "saved_model.2"]  # the first: gone once the third is in
 
 
 def test_a_directory_from_before_versions_is_replaced(tmp_path):
@@ -98,8 +99,9 @@ def test_a_second_run_in_a_folder_where_one_is_training_refuses_in_one_line(tmp_
 
 @pytest.fixture(scope="module")
 def killed_while_saving(tmp_path_factory):
-    """A run killed with SIGKILL the moment it reports its first epoch: it is saving that epoch's checkpoints
-    and about to go on. -> its folder."""
+    """A run killed with SIGKILL the moment it reports its second epoch: it is saving that epoch's checkpoints
+    (the first epoch's are whole: a run killed before it saved any has nothing to resume) and about to go on.
+    -> its folder."""
     workdir = tmp_path_factory.mktemp("killed")
     write_rows("train", 600, workdir / "train.csv")
     write_rows("test", 20, workdir / "test.csv")
@@ -107,7 +109,7 @@ def killed_while_saving(tmp_path_factory):
                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in run.stdout:
-        if line.startswith("epoch   1/3"):
+        if line.startswith("epoch   2/3"):
             run.send_signal(signal.SIGKILL)
             break
     run.wait(timeout=600)

@@ -98,8 +98,63 @@ def test_an_unknown_model_is_refused_with_the_choices():
 def test_maps_real_digits_to_ten_logits_each_in_both_modes(name, digits):
     images = digits[0][:8]
     model = build_model(name)
-    for logits in (model(images), model(images, training=True, rng=tf.random.Generator.from_seed(0))):
+    inference = model(images).numpy()
+    np.testing.assert_array_equal(model(images).numpy(), inference)  # inference: a function of the pixels alone
+    training = model(images, training=True, rng=tf.random.Generator.from_seed(0)).numpy()
+    for logits in (inference, training):
         assert logits.shape == (8, 10) and np.all(np.isfinite(logits))
+        # each digit's own logits, read from its pixels: no two digits alike, no class the same for every digit
+        assert len(np.unique(logits.round(4), axis=0)) == 8 and np.all(logits.std(axis=0) > 1e-3)
+    # training mode differs where the network has dropout or batch norm (its non-trainable moving statistics)
+    if model.dropout_rate or len(model.variables) > len(model.trainable_variables):
+        assert not np.allclose(training, inference, atol=1e-3)
+    else:
+        np.testing.assert_allclose(training, inference, rtol=1e-5, atol=1e-5)
+
+
+def moving_statistics(model):
+    return [variable.numpy().copy() for variable in model.variables if not variable.trainable]
+
+
+def after_a_few_training_steps(name, digits):
+    """The network after three forward passes in training mode, so that batch norm's moving statistics are no
+    longer their starting zeros and ones."""
+    model = build_model(name, seed=0)
+    for start in (0, 32, 64):
+        model(digits[0][start:start + 32], training=True, rng=tf.random.Generator.from_seed(start))
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_mode_moves_every_batch_norm_layers_moving_statistics(name, digits):
+    """A batch norm layer left in inference mode in training never learns its statistics: at inference it would
+    normalise by the zeros and ones it started with."""
+    model = build_model(name, seed=0)
+    before = moving_statistics(model)
+    model(digits[0][:32], training=True, rng=tf.random.Generator.from_seed(0))
+    for index, (old, new) in enumerate(zip(before, moving_statistics(model))):
+        assert not np.allclose(old, new), f"moving statistic {index} did not move"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_in_inference_a_digit_gets_the_same_logits_alone_as_in_a_batch(name, digits):
+    """Inference normalises by the moving statistics, never by the batch's own: a network whose batch norm is left
+    in training mode reads a digit differently in other company."""
+    model, images = after_a_few_training_steps(name, digits), digits[0][100:108]
+    in_a_batch = model(images).numpy()
+    for index in (0, 5):
+        np.testing.assert_allclose(model(images[index:index + 1]).numpy()[0], in_a_batch[index], rtol=1e-4,
+                                   atol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_inference_leaves_batch_norms_moving_statistics_as_they_were(name, digits):
+    model = after_a_few_training_steps(name, digits)
+    before = moving_statistics(model)
+    model(digits[0][100:116])
+    train.predict_probabilities(model, digits[0][100:116])  # as evaluation and prediction call it, traced
+    for expected, actual in zip(before, moving_statistics(model)):
+        np.testing.assert_array_equal(actual, expected)
 
 
 @pytest.mark.parametrize("name", NEW_MODELS)
@@ -230,6 +285,17 @@ def test_train_with_the_plateau_schedule_cuts_the_learning_rate_when_validation_
                          schedule="plateau", plateau_patience=1, plateau_factor=0.1)
     # steps of 1e-8 leave the validation loss flat: epoch 2 is the first flat one, so epoch 3 runs at a tenth
     assert [record["learning_rate"] for record in history] == pytest.approx([1e-8, 1e-8, 1e-9])
+
+
+def test_train_with_the_plateau_schedule_watches_the_validation_loss_not_the_training_loss(digits, monkeypatch):
+    images, labels = digits
+    scores = iter([(1.0, 0.5), (0.9, 0.6), (0.8, 0.7)])  # the validation loss falls every epoch
+    monkeypatch.setattr(train, "evaluate", lambda model, images, labels: next(scores))
+    history = train_with(build_model("mlp"), (images[:64], labels[:64], images[64:96], labels[64:96]),
+                         max_n_epochs=3, patience=10, batch_size=64, learning_rate=1e-8, optimizer="adam",
+                         schedule="plateau", plateau_patience=1, plateau_factor=0.1)
+    # steps of 1e-8 leave the training loss flat, and it is not what the schedule watches: no cut
+    assert [record["learning_rate"] for record in history] == pytest.approx([1e-8, 1e-8, 1e-8])
 
 
 # ---------------------------------------------------------------------------------------------------------

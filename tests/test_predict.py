@@ -90,6 +90,11 @@ def test_dark_ink_on_white_paper_becomes_light_ink_on_black(digit):
     image = seen(draw(digit))[0]
     assert np.median(image) == 0  # the paper, black
     assert np.mean(image > 0.5) > 0.05  # the strokes, light
+    # ... and light exactly where the strokes were: the drawing's own ink, inverted by hand and made MNIST's way,
+    # is the same picture (a halo round the strokes, or the paper inside the 0, is not)
+    by_hand = photo.to_mnist(1 - np.asarray(draw(digit), np.float32) / 255)
+    assert correlation(image, by_hand) > 0.9
+    assert np.mean(image[by_hand > 0.5] > 0.5) > 0.9 and np.all(image[by_hand == 0] < 0.5)
 
 
 @pytest.mark.parametrize("digit", [1, 7, 0])
@@ -301,6 +306,28 @@ def test_a_digit_unlike_the_training_digits_is_answered_with_a_question_mark(tmp
     draw(7).save(tmp_path / "seven.png")
     reading = predict.read(tmp_path / "seven.png", sure_of(lambda i: 7, novelty=predict.MAX_NOVELTY + 0.01))
     assert reading.digits == "?" and reading.details.startswith("no digit: unlike the digits the model learnt")
+
+
+def exactly(probability, novelty):
+    """A stand-in for the model that gives every picture a 7 of exactly this probability (the rest shared among
+    the others) and exactly this novelty."""
+    def classify(pictures):
+        probabilities = np.full((len(pictures), 10), (1 - probability) / 9, np.float32)
+        probabilities[:, 7] = probability
+        return {"probabilities": probabilities, "novelty": np.full(len(pictures), novelty, np.float32)}
+    return classify
+
+
+def test_a_digit_at_exactly_the_minimum_confidence_and_the_maximum_novelty_is_answered(tmp_path):
+    """The limits are inclusive, as documented: at least MIN_CONFIDENCE, at most MAX_NOVELTY."""
+    draw(7).save(tmp_path / "seven.png")
+    at_the_limits = exactly(predict.MIN_CONFIDENCE, predict.MAX_NOVELTY)
+    assert predict.read(tmp_path / "seven.png", at_the_limits).digits == "7"
+    # a float32 step beyond either limit, and it is refused: the boundary is where the limits say
+    stricter = float(np.nextafter(np.float32(predict.MIN_CONFIDENCE), np.float32(1)))
+    assert predict.read(tmp_path / "seven.png", at_the_limits, min_confidence=stricter).digits == "?"
+    stricter = float(np.nextafter(np.float32(predict.MAX_NOVELTY), np.float32(0)))
+    assert predict.read(tmp_path / "seven.png", at_the_limits, max_novelty=stricter).digits == "?"
 
 
 def test_a_sure_digit_is_answered_with_its_three_likeliest(tmp_path):

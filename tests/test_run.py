@@ -4,6 +4,7 @@ import json
 import glob
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -216,10 +217,89 @@ def test_ensemble_keeps_each_member_and_a_rerun_reuses_them(tmp_path):
     assert "validation accuracy of the 2-member ensemble" in first.stdout
     for member in (1, 2):
         assert (tmp_path / "model" / "ensemble" / f"member-{member}" / "finished.json").exists()
+    # two networks, not one twice: the members end with different weights throughout
+    first_member, second_member = (checkpoint_weights(tmp_path / "model" / "ensemble" / f"member-{member}" / "best")
+                                   for member in (1, 2))
+    assert first_member.keys() == second_member.keys()
+    for name in first_member:
+        assert not np.allclose(first_member[name], second_member[name]), name
+    assert_the_outputs_are_the_ensembles(tmp_path, n_members=2)
+    for member in (1, 2):  # a finished member is read back from its best checkpoint, all that it needs
+        shutil.rmtree(tmp_path / "model" / "ensemble" / f"member-{member}" / "latest")
     again = run_py(["--ensemble", "2", "--max_n_epochs", "1", "--batch_size", "32"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "epoch   1/1" not in again.stdout and again.stdout.count("reusing the finished member") == 2
     assert (tmp_path / "submission.csv").read_text().count("\n") == 51
+    assert_the_outputs_are_the_ensembles(tmp_path, n_members=2)
+
+
+def assert_the_outputs_are_the_ensembles(workdir, n_members):
+    """The SavedModel serves, and submission.csv answers, the average of every member's best checkpoint over the
+    test digits and their one-pixel shifts (run.py's default, --tta)."""
+    import tensorflow as tf
+
+    import data
+    import ensemble
+    from recipes import build_model
+    members = [build_model("digitnet") for _ in range(n_members)]
+    for number, member in enumerate(members, start=1):
+        best = tf.train.latest_checkpoint(str(workdir / "model" / "ensemble" / f"member-{number}" / "best"))
+        tf.train.Checkpoint(model=member).read(best).expect_partial().assert_existing_objects_matched()
+    test_images = data.load_test(workdir / "test.csv")
+    expected = ensemble.ensemble_probabilities(members, test_images, tta=True)
+    serve = tf.saved_model.load(str(workdir / "model" / "saved_model")).signatures["serving_default"]
+    np.testing.assert_allclose(serve(images=tf.constant(test_images))["probabilities"].numpy(), expected, atol=1e-5)
+    submitted = np.loadtxt(workdir / "submission.csv", delimiter=",", skiprows=1, dtype=int)
+    np.testing.assert_array_equal(submitted[:, 1], expected.argmax(axis=1))
+
+
+def checkpoint_weights(directory):
+    """The network's variables in the checkpoint in directory, by name."""
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(str(directory))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map() if name.startswith("model/")}
+
+
+MEMBERS_AS_THEY_START = """
+import runpy, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import train
+started = {}
+
+def record(network, split, recipe, seed, options):  # each member as train.train receives it; none is trained
+    started[str(seed)] = np.concatenate([v.numpy().ravel() for v in network.trainable_variables])
+    if len(started) == 3:
+        np.savez("started.npz", **started)
+        sys.exit(0)
+    return []
+
+train.train = record
+sys.argv = ["run.py", *sys.argv[2:]]
+runpy.run_path(sys.path[0] + "/run.py", run_name="__main__")  # as python run.py runs it
+"""
+
+
+def test_ensemble_members_start_from_different_weights_and_seeds(tmp_path):
+    write_rows_for_run(tmp_path)
+    result = subprocess.run([sys.executable, "-c", MEMBERS_AS_THEY_START, str(REPO), "--ensemble", "3", "--seed", "7"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    started = np.load(tmp_path / "started.npz")
+    assert sorted(started.files) == ["7", "8", "9"]
+    for first, second in [("7", "8"), ("8", "9"), ("7", "9")]:
+        assert np.isin(started[first], started[second]).mean() < 0.01  # only the zeros and ones of biases and BN
+
+
+def test_the_ensembles_probabilities_are_the_mean_of_its_members(real_digits):
+    import ensemble
+    from model import DigitNet
+    from recipes import build_model
+    from train import predict_probabilities
+    images = real_digits[0][:50]
+    members = [DigitNet(seed=1), DigitNet(seed=2), build_model("cnn_small", seed=3)]
+    expected = np.mean([predict_probabilities(member, images) for member in members], axis=0)
+    np.testing.assert_allclose(ensemble.ensemble_probabilities(members, images), expected, atol=1e-6)
 
 
 def test_a_member_trained_with_other_settings_is_trained_again(tmp_path):
