@@ -107,8 +107,8 @@ def main(argv=None):
         import_tensorflow()
         import recipes
         return print_models(recipes.describe_models())
-    if cannot_apply(config):
-        return fail(cannot_apply(config))
+    if refusal := cannot_apply(config):
+        return fail(refusal)
     import data  # numpy and pandas only: bad files are refused before TensorFlow starts
     try:
         train_path, test_path = data.find_csv("train", config.train), data.find_csv("test", config.test)
@@ -142,7 +142,7 @@ def main(argv=None):
     except files.Busy as error:
         return fail(error)
     except train.TrainingInterrupted as stop:
-        again = " ".join(["python", "run.py", *[arg for arg in sys.argv[1:] if arg != "--resume"], "--resume"])
+        again = resume_command(args)
         print(f"stopped: {stop}\nto go on where it stopped: {again}", file=sys.stderr)
         return 130
     except train.CheckpointMismatch as error:
@@ -161,8 +161,13 @@ def go_on(args, started):
     with --resume if it saved a checkpoint, else (it saved none, only an earlier run did) by running it again."""
     saved = [f"{MODEL_DIR}/latest/checkpoint"] + glob.glob(f"{MODEL_DIR}/ensemble/member-*/latest/checkpoint")
     if any(os.path.getmtime(path) >= started for path in saved if os.path.exists(path)):
-        return " ".join(["python", "run.py", *[arg for arg in args if arg != "--resume"], "--resume"])
+        return resume_command(args)
     return "run the same command again"
+
+
+def resume_command(args):
+    """The command that goes on where the run of these arguments stopped."""
+    return " ".join(["python", "run.py", *[arg for arg in args if arg != "--resume"], "--resume"])
 
 
 def fail(error, code=2):

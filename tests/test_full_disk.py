@@ -308,13 +308,20 @@ def one_made_up_trial(study, digits, config):
     study.add_trial(optuna.trial.create_trial(value=0.9, params={}, distributions={}, user_attrs={"params": params}))
 
 
-def test_tune_py_on_a_full_disk_says_in_one_line_what_it_could_not_write(tmp_path, disk, capsys, monkeypatch):
+def tune_once(disk, monkeypatch, storage):
+    """tune.py run once in the disk's folder, its study in `storage`, with one made-up trial -> (tune, its
+    arguments), for running it again on the full disk."""
     import tune
     monkeypatch.setattr(tune, "search", one_made_up_trial)
     monkeypatch.chdir(disk.path)
     write_rows("train", 200, disk.path / "train.csv")
-    tuning = ["--rows", "200", "--storage", f"sqlite:///{tmp_path}/tuning.db"]  # the study elsewhere
+    tuning = ["--rows", "200", "--storage", storage]
     assert tune.main(tuning) == 0
+    return tune, tuning
+
+
+def test_tune_py_on_a_full_disk_says_in_one_line_what_it_could_not_write(tmp_path, disk, capsys, monkeypatch):
+    tune, tuning = tune_once(disk, monkeypatch, f"sqlite:///{tmp_path}/tuning.db")  # the study elsewhere
     previous = everything_in(disk.path / "resources")
     capsys.readouterr()
     disk.fill(leaving=0, refusing=("files",))
@@ -330,13 +337,8 @@ def test_tune_py_on_a_full_disk_says_in_one_line_what_it_could_not_write(tmp_pat
 def test_tune_py_with_its_study_on_a_full_disk_says_so_in_one_line_and_keeps_the_trials_it_had(disk, capsys,
                                                                                                  monkeypatch):
     import optuna
-    import tune
-    monkeypatch.setattr(tune, "search", one_made_up_trial)
-    monkeypatch.chdir(disk.path)
-    write_rows("train", 200, disk.path / "train.csv")
     study = disk.path / "model" / "tuning.db"
-    tuning = ["--rows", "200", "--storage", f"sqlite:///{study}"]
-    assert tune.main(tuning) == 0
+    tune, tuning = tune_once(disk, monkeypatch, f"sqlite:///{study}")
     capsys.readouterr()
 
     def trials():
