@@ -99,11 +99,11 @@ def explain_functions(model):
     (model.conv_layers; a bias of zeros where the network has none): channel c of layer_<i> is made from
     kernel_<i>[..., c] convolved with the maps before it (then its block's pooling, batch norm and ReLU).
 
-    The saliency is the gradient of the likeliest digit's logit with respect to each input pixel (Simonyan et
-    al. 2014), signed: positive where more ink would make the network surer of its answer, negative where
-    less. Chosen over Grad-CAM on the last convolution because it works for every network of the zoo (the MLP
-    has no convolution), it is as sharp as the picture (DigitNet's last conv map is 3x3: Grad-CAM would paint
-    nine blurred squares over the digit) and it needs nothing but one backward pass through the same blocks."""
+    The saliency is the gradient of the likeliest digit's logit (its score before the softmax) with respect to
+    each input pixel (Simonyan et al. 2014), signed: positive where more ink would raise the answer's score,
+    negative where less ink would. Chosen over Grad-CAM on the last convolution because it works for every
+    network of the zoo (the MLP has no convolution), it is as sharp as the picture (DigitNet's last conv map is
+    3x3: Grad-CAM would paint nine blurred squares over the digit), and it costs one backward pass."""
     names = list(model.block_names)
     conv_layers = model.conv_layers()
 

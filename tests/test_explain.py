@@ -10,7 +10,7 @@ import predict
 from conftest import train_with
 from ensemble import export_saved_model
 from model import conv_bn_relu, conv_pool_bn_relu, conv_relu, dense, flatten, max_pool
-from recipes import build_model
+from recipes import MODELS, build_model, tuned_network
 from tools import batch_normalize
 
 N_TRAIN = 400  # the tiny training's digits: real_digits' first rows; the next 100 it never saw
@@ -152,6 +152,22 @@ def test_each_layer_a_convolution_makes_carries_the_networks_own_kernel_and_bias
     n_conv = len(network.conv_layers())
     assert all("kernel" in layer for layer in said["layers"][:n_conv])
     assert not any("kernel" in layer for layer in said["layers"][n_conv:])
+
+
+@pytest.mark.parametrize("name", [*MODELS, "tuned"])
+def test_every_network_of_the_zoo_shows_each_of_its_blocks_and_its_probabilities(name, real_digits, tmp_path):
+    """However many blocks it has: untrained, as built (the tuned network with three conv blocks and two dense
+    layers), the export holds what the network's blocks compute in inference mode, and its own probabilities."""
+    images, labels = real_digits
+    network = tuned_network(dict(filters=[8, 16, 8], kernel_sizes=[5, 3, 3], units=[32, 16], dropout_rate=0.3),
+                            seed=0) if name == "tuned" else build_model(name, seed=0)
+    export_saved_model([network], str(tmp_path / "saved_model"), images[:100], labels[:100])
+    said = predict.load_explainer(str(tmp_path / "saved_model"))(images[:4, :, :, 0])
+    assert [layer["name"] for layer in said["layers"]] == list(network.block_names)
+    for layer, block in zip(said["layers"], network.blocks(images[:4], training=False), strict=True):
+        np.testing.assert_allclose(layer["values"], block, atol=1e-4, rtol=1e-4, err_msg=layer["name"])
+    np.testing.assert_allclose(said["probabilities"], tf.nn.softmax(network(images[:4])), atol=1e-5)
+    assert said["saliency"].shape == (4, 28, 28) and np.abs(said["saliency"]).max() > 0
 
 
 def test_an_ensemble_is_explained_by_its_first_member(real_digits, tmp_path):
