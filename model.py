@@ -176,7 +176,7 @@ class MLP(tf.Module):
         return dense(x, self.fc3)
 
     def blocks(self, images, training=False, rng=None):
-        """The two hidden layers' outputs, after ReLU (the first's dropout is the second's input's)."""
+        """The two hidden layers' outputs, after ReLU (the first's dropout on the way into the second)."""
         dense1 = tf.nn.relu(dense(flatten(images), self.fc1))
         dense2 = tf.nn.relu(dense(dropout(dense1, self.dropout_rate, rng, training), self.fc2))
         return dense1, dense2
@@ -216,7 +216,8 @@ class CNNSmall(tf.Module):
         return block1, block2, tf.nn.relu(dense(flatten(block2), self.fc1))
 
     def conv_layers(self):
-        return {"block1": (self.conv1["kernel"], self.conv1["bias"]), "block2": (self.conv2["kernel"], self.conv2["bias"])}
+        return {"block1": (self.conv1["kernel"], self.conv1["bias"]),
+                "block2": (self.conv2["kernel"], self.conv2["bias"])}
 
 
 class CNNKerasExample(tf.Module):
@@ -245,14 +246,15 @@ class CNNKerasExample(tf.Module):
 
     def blocks(self, images, training=False, rng=None):
         """The first conv layer's maps ([batch, 26, 26, 32]), the second's pooled ([batch, 12, 12, 64]; their
-        dropout is the dense layer's input's) and the dense layer's 128."""
+        dropout on the way into the dense layer) and the dense layer's 128."""
         block1 = conv_relu(images, self.conv1)
         block2 = max_pool(conv_relu(block1, self.conv2))
         x = dropout(block2, self.conv_dropout_rate, rng, training)
         return block1, block2, tf.nn.relu(dense(flatten(x), self.fc1))
 
     def conv_layers(self):
-        return {"block1": (self.conv1["kernel"], self.conv1["bias"]), "block2": (self.conv2["kernel"], self.conv2["bias"])}
+        return {"block1": (self.conv1["kernel"], self.conv1["bias"]),
+                "block2": (self.conv2["kernel"], self.conv2["bias"])}
 
 
 class CNNBNDeep(tf.Module):
