@@ -1,5 +1,6 @@
 """Trained networks as one predictor: their averaged probabilities, with test-time augmentation, and the
-SavedModel that serves that average to predict.py and serve.py without this project's code."""
+SavedModel that serves that average to predict.py and serve.py without this project's code, with a look inside
+the first network (its `explain` and `kernels` signatures)."""
 import numpy as np
 import tensorflow as tf
 
@@ -81,4 +82,50 @@ def export_saved_model(models, path, train_images, train_labels, tta=False):
         return {"probabilities": probabilities, "novelty": tf.sqrt(tf.add_n(squared) / len(squared))}
 
     module.serve = graph_function(serve, input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="images")])
-    files.replace_directory(lambda new: tf.saved_model.save(module, new, signatures=module.serve), path)
+    module.explain, module.kernels = explain_functions(module.models[0])
+    signatures = {"serving_default": module.serve, "explain": module.explain, "kernels": module.kernels}
+    files.replace_directory(lambda new: tf.saved_model.save(module, new, signatures=signatures), path)
+
+
+def explain_functions(model):
+    """The SavedModel's look inside one network (of an ensemble, the first member alone; of the picture as it is,
+    with no test-time shifts): two traced functions for its signatures.
+
+    explain(images [N, 28, 28, 1]) -> {"input": [N, 28, 28], the picture the network reads; "layer_0" ...
+    "layer_<k-1>": each of model.blocks' outputs in inference mode, in the order the network applies them
+    ([N, h, w, channels] for a conv block, [N, units] for a dense layer); "layer_names": string [k], their
+    model.block_names; "probabilities": [N, 10], the network's softmax; "saliency": [N, 28, 28]}.
+    kernels() -> {"kernel_<i>": [h, w, in, out], "bias_<i>": [out]} for each layer_<i> that a convolution makes
+    (model.conv_layers; a bias of zeros where the network has none): channel c of layer_<i> is made from
+    kernel_<i>[..., c] convolved with the maps before it (then its block's pooling, batch norm and ReLU).
+
+    The saliency is the gradient of the likeliest digit's logit (its score before the softmax) with respect to
+    each input pixel (Simonyan et al. 2014), signed: positive where more ink would raise the answer's score,
+    negative where less ink would. Chosen over Grad-CAM on the last convolution because it works for every
+    network of the zoo (the MLP has no convolution), it is as sharp as the picture (DigitNet's last conv map is
+    3x3: Grad-CAM would paint nine blurred squares over the digit), and it costs one backward pass."""
+    names = list(model.block_names)
+    conv_layers = model.conv_layers()
+
+    def explain(images):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            logits = model(images, training=False)
+            best = tf.gather(logits, tf.argmax(logits, axis=1), axis=1, batch_dims=1)
+        saliency = tape.gradient(best, images)
+        layers = model.blocks(images, training=False)
+        return {"input": images[..., 0], **{f"layer_{i}": layer for i, layer in enumerate(layers)},
+                "layer_names": tf.constant(names), "probabilities": tf.nn.softmax(logits),
+                "saliency": saliency[..., 0]}
+
+    def kernels():
+        made = {}
+        for i, name in enumerate(names):
+            if name in conv_layers:
+                kernel, bias = conv_layers[name]
+                made[f"kernel_{i}"] = tf.identity(kernel)
+                made[f"bias_{i}"] = tf.zeros(kernel.shape[-1:]) if bias is None else tf.identity(bias)
+        return made
+
+    return (graph_function(explain, input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="images")]),
+            graph_function(kernels, input_signature=[]))

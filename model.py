@@ -2,7 +2,9 @@
 
 Each network is a tf.Module: its variables are created in __init__ (so tf.train.Checkpoint and
 tf.saved_model find them) and __call__ is the forward pass, written to read like the diagram above it.
-Images come in as float32 [batch, 28, 28, 1] in [0, 1]; logits go out as [batch, 10]. Each layer's ops are
+Images come in as float32 [batch, 28, 28, 1] in [0, 1]; logits go out as [batch, 10]. Each network's blocks(images,
+training) gives the output of each row of its diagram but the last, named by its block_names: what the SavedModel's
+`explain` signature shows (ensemble.py); __call__ is the last row applied to the last block. Each layer's ops are
 grouped under a name (tools.name_scoped: conv, maxpool, batch_norm, dropout, dense; DigitNet's blocks as its
 diagram draws them), so that TensorBoard's graph of a traced network reads like its diagram.
 """
@@ -70,6 +72,8 @@ class DigitNet(tf.Module):
     docs/recipe.md.
     """
 
+    block_names = ("block1", "block2", "block3", "dense")
+
     def __init__(self, dropout_rate=0.25, seed=0, widths=(32, 64, 128), dense_units=128):
         super().__init__()
         rng = random_generator(seed)
@@ -111,6 +115,11 @@ class DigitNet(tf.Module):
         block1, block2, block3, dense = self.blocks(images, training)
         return [tf.reduce_mean(block1, axis=[1, 2]), tf.reduce_mean(block2, axis=[1, 2]), flatten(block3), dense]
 
+    def conv_layers(self):
+        """{block name: (the kernel [h, w, in, out] that convolves the map before into this block's, its bias or None)}:
+        what `explain` shows of how each map is made. No bias here: batch norm's offset is one."""
+        return {"block1": (self.conv1, None), "block2": (self.conv2, None), "block3": (self.conv3, None)}
+
 
 # ---------------------------------------------------------------------------------------------------------
 # The original write-ups' networks, rebuilt from the same pieces. Each takes input_size (the side of a square
@@ -151,6 +160,8 @@ class MLP(tf.Module):
     `mlp` is this without dropout; `mlp_dropout` is 784-512-512-10 with 20% dropout (Keras' mnist_mlp.py).
     """
 
+    block_names = ("dense1", "dense2")
+
     def __init__(self, hidden_units=(512, 256), dropout_rate=0.0, seed=0, input_size=28):
         super().__init__()
         rng = random_generator(seed)
@@ -161,10 +172,17 @@ class MLP(tf.Module):
         self.fc3 = with_bias(he_normal(rng, [h2, N_CLASSES], h2))
 
     def __call__(self, images, training=False, rng=None):
-        x = flatten(images)
-        x = dropout(tf.nn.relu(dense(x, self.fc1)), self.dropout_rate, rng, training)
-        x = dropout(tf.nn.relu(dense(x, self.fc2)), self.dropout_rate, rng, training)
+        x = dropout(self.blocks(images, training, rng)[-1], self.dropout_rate, rng, training)
         return dense(x, self.fc3)
+
+    def blocks(self, images, training=False, rng=None):
+        """The two hidden layers' outputs, after ReLU (the first's dropout on the way into the second)."""
+        dense1 = tf.nn.relu(dense(flatten(images), self.fc1))
+        dense2 = tf.nn.relu(dense(dropout(dense1, self.dropout_rate, rng, training), self.fc2))
+        return dense1, dense2
+
+    def conv_layers(self):
+        return {}
 
 
 class CNNSmall(tf.Module):
@@ -174,6 +192,8 @@ class CNNSmall(tf.Module):
                 -> conv 3x3 64, ReLU -> 11x11x64 -> maxpool ->  5x5x64 -> flatten 1600
                 -> dense 128, ReLU -> dropout 0.5 -> dense 10
     """
+
+    block_names = ("block1", "block2", "dense")
 
     def __init__(self, dropout_rate=0.5, seed=0, input_size=28):
         super().__init__()
@@ -186,10 +206,18 @@ class CNNSmall(tf.Module):
         self.fc2 = with_bias(he_normal(rng, [128, N_CLASSES], 128))
 
     def __call__(self, images, training=False, rng=None):
-        x = max_pool(conv_relu(images, self.conv1))
-        x = max_pool(conv_relu(x, self.conv2))
-        x = dropout(tf.nn.relu(dense(flatten(x), self.fc1)), self.dropout_rate, rng, training)
+        x = dropout(self.blocks(images, training)[-1], self.dropout_rate, rng, training)
         return dense(x, self.fc2)
+
+    def blocks(self, images, training=False):
+        """Each conv layer's pooled maps ([batch, 13, 13, 32], [batch, 5, 5, 64]) and the dense layer's 128."""
+        block1 = max_pool(conv_relu(images, self.conv1))
+        block2 = max_pool(conv_relu(block1, self.conv2))
+        return block1, block2, tf.nn.relu(dense(flatten(block2), self.fc1))
+
+    def conv_layers(self):
+        return {"block1": (self.conv1["kernel"], self.conv1["bias"]),
+                "block2": (self.conv2["kernel"], self.conv2["bias"])}
 
 
 class CNNKerasExample(tf.Module):
@@ -199,6 +227,8 @@ class CNNKerasExample(tf.Module):
                 -> conv 3x3 64, ReLU -> 24x24x64 -> maxpool -> 12x12x64 -> dropout 0.25 -> flatten 9216
                 -> dense 128, ReLU -> dropout 0.5 -> dense 10
     """
+
+    block_names = ("block1", "block2", "dense")
 
     def __init__(self, dropout_rate=0.5, conv_dropout_rate=0.25, seed=0, input_size=28):
         super().__init__()
@@ -211,11 +241,20 @@ class CNNKerasExample(tf.Module):
         self.fc2 = with_bias(he_normal(rng, [128, N_CLASSES], 128))
 
     def __call__(self, images, training=False, rng=None):
-        x = conv_relu(images, self.conv1)
-        x = max_pool(conv_relu(x, self.conv2))
-        x = dropout(x, self.conv_dropout_rate, rng, training)
-        x = dropout(tf.nn.relu(dense(flatten(x), self.fc1)), self.dropout_rate, rng, training)
+        x = dropout(self.blocks(images, training, rng)[-1], self.dropout_rate, rng, training)
         return dense(x, self.fc2)
+
+    def blocks(self, images, training=False, rng=None):
+        """The first conv layer's maps ([batch, 26, 26, 32]), the second's pooled ([batch, 12, 12, 64]; their
+        dropout on the way into the dense layer) and the dense layer's 128."""
+        block1 = conv_relu(images, self.conv1)
+        block2 = max_pool(conv_relu(block1, self.conv2))
+        x = dropout(block2, self.conv_dropout_rate, rng, training)
+        return block1, block2, tf.nn.relu(dense(flatten(x), self.fc1))
+
+    def conv_layers(self):
+        return {"block1": (self.conv1["kernel"], self.conv1["bias"]),
+                "block2": (self.conv2["kernel"], self.conv2["bias"])}
 
 
 class CNNBNDeep(tf.Module):
@@ -226,6 +265,8 @@ class CNNBNDeep(tf.Module):
                 -> conv 3x3 64, BN, ReLU -> conv 3x3 64, BN, ReLU -> maxpool ->  7x7x64 -> flatten 3136
                 -> dense 512, BN, ReLU -> dropout 0.2 -> dense 10
     """
+
+    block_names = ("block1", "block2", "block3", "block4", "dense")
 
     def __init__(self, dropout_rate=0.2, seed=0, input_size=28):
         super().__init__()
@@ -240,14 +281,22 @@ class CNNBNDeep(tf.Module):
         self.fc2 = with_bias(he_normal(rng, [512, N_CLASSES], 512))
 
     def __call__(self, images, training=False, rng=None):
-        x = conv_bn_relu(images, self.conv1, self.bn1, training)
-        x = max_pool(conv_bn_relu(x, self.conv2, self.bn2, training))
-        x = conv_bn_relu(x, self.conv3, self.bn3, training)
-        x = max_pool(conv_bn_relu(x, self.conv4, self.bn4, training))
-        x = flatten(x)
-        x = tf.nn.relu(batch_normalize(x @ weight(self.fc1, x), self.bn5, training))
-        x = dropout(x, self.dropout_rate, rng, training)
+        x = dropout(self.blocks(images, training)[-1], self.dropout_rate, rng, training)
         return dense(x, self.fc2)
+
+    def blocks(self, images, training=False):
+        """Each conv layer's maps, the second of a pair pooled ([batch, 28, 28, 32], [batch, 14, 14, 32],
+        [batch, 14, 14, 64], [batch, 7, 7, 64]), and the dense layer's 512."""
+        block1 = conv_bn_relu(images, self.conv1, self.bn1, training)
+        block2 = max_pool(conv_bn_relu(block1, self.conv2, self.bn2, training))
+        block3 = conv_bn_relu(block2, self.conv3, self.bn3, training)
+        block4 = max_pool(conv_bn_relu(block3, self.conv4, self.bn4, training))
+        x = flatten(block4)
+        return block1, block2, block3, block4, tf.nn.relu(batch_normalize(x @ weight(self.fc1, x), self.bn5, training))
+
+    def conv_layers(self):
+        return {"block1": (self.conv1, None), "block2": (self.conv2, None), "block3": (self.conv3, None),
+                "block4": (self.conv4, None)}
 
 
 class CNNTuned(tf.Module):
@@ -259,6 +308,8 @@ class CNNTuned(tf.Module):
                       -> conv 5x5 32, ReLU  -> maxpool ->  3x3x32  -> BN -> flatten 288
                       -> dense 64, ReLU -> dropout 0.5 -> dense 10
     """
+
+    block_names = ("block1", "block2", "block3", "dense")
 
     def __init__(self, dropout_rate=0.5, seed=0, input_size=28):
         super().__init__()
@@ -277,12 +328,22 @@ class CNNTuned(tf.Module):
         self.fc2 = with_bias(glorot_normal(rng, [64, N_CLASSES], 64, N_CLASSES))
 
     def __call__(self, images, training=False, rng=None):
-        x = batch_normalize(images, self.bn0, training)
-        x = batch_normalize(max_pool(conv_relu(x, self.conv1, "SAME")), self.bn1, training)
-        x = batch_normalize(max_pool(conv_relu(x, self.conv2, "SAME")), self.bn2, training)
-        x = batch_normalize(max_pool(conv_relu(x, self.conv3, "SAME")), self.bn3, training)
-        x = dropout(tf.nn.relu(dense(flatten(x), self.fc1)), self.dropout_rate, rng, training)
+        x = dropout(self.blocks(images, training)[-1], self.dropout_rate, rng, training)
         return dense(x, self.fc2)
+
+    def blocks(self, images, training=False):
+        """Each conv layer's pooled and normalised maps ([batch, 14, 14, 256], [batch, 7, 7, 256],
+        [batch, 3, 3, 32]; the first reads the normalised pixels) and the dense layer's 64."""
+        x = batch_normalize(images, self.bn0, training)
+        block1 = batch_normalize(max_pool(conv_relu(x, self.conv1, "SAME")), self.bn1, training)
+        block2 = batch_normalize(max_pool(conv_relu(block1, self.conv2, "SAME")), self.bn2, training)
+        block3 = batch_normalize(max_pool(conv_relu(block2, self.conv3, "SAME")), self.bn3, training)
+        return block1, block2, block3, tf.nn.relu(dense(flatten(block3), self.fc1))
+
+    def conv_layers(self):
+        """block1's kernel convolves the normalised pixels, not the picture itself."""
+        return {f"block{i}": (layer["kernel"], layer["bias"]) for i, layer in
+                enumerate([self.conv1, self.conv2, self.conv3], start=1)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -316,26 +377,37 @@ class TunedCNN(tf.Module):
         self.logits_kernel = tf.Variable(rng.normal([units[-1], N_CLASSES]) * math.sqrt(1.0 / units[-1]))
         self.logits_bias = tf.Variable(tf.zeros([N_CLASSES]))
 
+    @property
+    def block_names(self):
+        return (*(f"block{i}" for i in range(1, len(self.conv_kernels) + 1)),
+                *(f"dense{i}" for i in range(1, len(self.dense_kernels) + 1)))
+
     def __call__(self, images, training=False, rng=None):
-        x = dropout(self.dense_features(images, training, rng), self.dropout_rate, rng, training)
+        x = dropout(self.blocks(images, training, rng)[-1], self.dropout_rate, rng, training)
         return x @ weight(self.logits_kernel, x) + weight(self.logits_bias, x)
 
     def features(self, images, training=False):
         """[what the last layer reads], as the SavedModel's novelty compares it (DigitNet.features)."""
-        return [self.dense_features(images, training)]
+        return [self.blocks(images, training)[-1]]
 
-    def dense_features(self, images, training=False, rng=None):
-        """What the last layer reads: the last dense layer's outputs after batch norm and ReLU, before its dropout."""
-        x = images
+    def blocks(self, images, training=False, rng=None):
+        """Each conv block's pooled maps, then each dense layer's outputs after batch norm and ReLU (a dense layer's
+        dropout is the next one's input's; the last one's, the caller's)."""
+        x, outputs = images, []
         for block, (kernel, bn) in enumerate(zip(self.conv_kernels, self.conv_bns), start=1):
             with tf.name_scope(f"block{block}"):
                 x = max_pool(conv_bn_relu(x, kernel, bn, training))
+            outputs.append(x)
         x = flatten(x)
         for i, (kernel, bn) in enumerate(zip(self.dense_kernels, self.dense_bns)):
-            if i:  # dropout between dense layers; the last one's is the caller's
+            if i:
                 x = dropout(x, self.dropout_rate, rng, training)
             x = tf.nn.relu(batch_normalize(x @ weight(kernel, x), bn, training))
-        return x
+            outputs.append(x)
+        return tuple(outputs)
+
+    def conv_layers(self):
+        return {f"block{i}": (kernel, None) for i, kernel in enumerate(self.conv_kernels, start=1)}
 
 
 def count_parameters(model):

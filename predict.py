@@ -110,6 +110,42 @@ def load_classifier(path=SAVED_MODEL):
     return classify
 
 
+class NoExplainer(Exception):
+    """The SavedModel has no `explain` signature: run.py exported it before there was one."""
+
+
+def load_explainer(path=SAVED_MODEL):
+    """The exported SavedModel's look inside its network (ensemble.explain_functions; of an ensemble, the first
+    member) -> a function float32 [n, 28, 28] -> {
+        "input": [n, 28, 28], the pictures as the network reads them;
+        "layers": [{"name": "block1", "values": [n, h, w, channels] or [n, units],
+                    "kernel": [kh, kw, in, channels], "bias": [channels]  (for a layer a convolution makes)}, ...]
+                  each block's output in the order the network applies them, the kernels those of the SavedModel;
+        "probabilities": [n, 10], that network's; "saliency": [n, 28, 28], the gradient of its likeliest digit's
+        logit with respect to each pixel}  (numpy).
+    Raises NoExplainer, with one line saying so, for a model exported without `explain`."""
+    from devices import import_tensorflow
+    tf = import_tensorflow()
+    signatures = tf.saved_model.load(path).signatures
+    if "explain" not in signatures:
+        raise NoExplainer(f"{path} cannot show its layers (exported by an older run.py); python run.py exports them")
+    explain = signatures["explain"]
+    kernels = {name: value.numpy() for name, value in signatures["kernels"]().items()}
+
+    def look_inside(pictures):
+        said = {name: value.numpy() for name, value in explain(images=tf.constant(pictures[..., None], tf.float32))
+                .items()}
+        layers = []
+        for i, name in enumerate(said["layer_names"]):
+            layer = {"name": name.decode(), "values": said[f"layer_{i}"]}
+            if f"kernel_{i}" in kernels:
+                layer.update(kernel=kernels[f"kernel_{i}"], bias=kernels[f"bias_{i}"])
+            layers.append(layer)
+        return {"input": said["input"], "layers": layers, "probabilities": said["probabilities"],
+                "saliency": said["saliency"]}
+    return look_inside
+
+
 def save_preview(pictures, path):
     """The 28x28 inputs side by side, as an 8-bit grey PNG, written atomically."""
     strip = np.concatenate(list(pictures), axis=1)
