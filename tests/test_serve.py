@@ -263,32 +263,131 @@ def test_digits_of_requests_that_arrive_together_are_read_in_one_call_each_answe
 
 # ---- in a real browser ------------------------------------------------------------------------------------
 
-def test_strokes_drawn_on_the_page_are_read_off_it(server):
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium, headless, driven by Playwright (which never downloads a browser of its own)."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run installs it)")
     from playwright.sync_api import sync_playwright
 
-    address, _ = server
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run", "--disable-sync"])
         try:
-            page = browser.new_page()
-            page.goto(address + "/")
-            box = page.locator("#paper").bounding_box()
-            for x in (0.25, 0.7):  # two upright strokes, far apart: two 1s, whatever the model makes of them
-                page.mouse.move(box["x"] + x * box["width"], box["y"] + 0.15 * box["height"])
-                page.mouse.down()
-                for step in range(1, 11):
-                    page.mouse.move(box["x"] + x * box["width"] - 2 * step, box["y"] + (0.15 + 0.07 * step) * box["height"])
-                page.mouse.up()
-            page.click("#read")
-            page.wait_for_function("!['', '…'].includes(document.getElementById('answer').textContent)", timeout=60000)
-            shown = page.text_content("#answer")
-            pictures = page.locator(".piece img").count()
-            bars = page.locator(".piece .bar").count()
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(chromium, server):
+    """The page as a desktop browser opens it -> (the page, every response and console error it met)."""
+    address, _ = server
+    context = chromium.new_context()
+    page = context.new_page()
+    seen = dict(failed=[], console_errors=[])
+    page.on("response", lambda response: response.status >= 400 and seen["failed"].append(response.url))
+    page.on("console", lambda message: message.type == "error" and seen["console_errors"].append(message.text))
+    page.goto(address + "/")
+    yield page, seen
+    context.close()
+
+
+def draw_two_strokes(page):
+    """Two upright strokes with the mouse, far apart: two 1s, whatever the model makes of them."""
+    box = page.locator("#paper").bounding_box()
+    for x in (0.25, 0.7):
+        page.mouse.move(box["x"] + x * box["width"], box["y"] + 0.15 * box["height"])
+        page.mouse.down()
+        for step in range(1, 11):
+            page.mouse.move(box["x"] + x * box["width"] - 2 * step, box["y"] + (0.15 + 0.07 * step) * box["height"])
+        page.mouse.up()
+
+
+def answered(page):
+    page.wait_for_function("!['', '…'].includes(document.getElementById('answer').textContent)", timeout=60000)
+    return page.text_content("#answer")
+
+
+def test_strokes_drawn_on_the_page_are_read_off_it(page):
+    page, _ = page
+    draw_two_strokes(page)
+    page.click("#read")
+    shown = answered(page)
     assert len(shown) == 2 and all(character.isdigit() for character in shown), shown
-    assert pictures == 2 and bars == 20
+    assert page.locator(".piece img").count() == 2 and page.locator(".piece .bar").count() == 20
+
+
+def test_each_probability_bar_shows_its_number_beside_it(page):
+    page, _ = page
+    draw_two_strokes(page)
+    page.click("#read")
+    answered(page)
+    values = page.locator(".piece .bar .value").all_text_contents()
+    assert len(values) == 20 and all(value.endswith("%") and value[:-1].isdigit() for value in values), values
+    for piece in range(2):  # each piece's numbers add up to about 100%, and the best's is the largest
+        numbers = [int(value[:-1]) for value in values[10 * piece:10 * piece + 10]]
+        best = page.locator(".piece").nth(piece).locator(".bar.best .value").text_content()
+        assert 95 <= sum(numbers) <= 105 and int(best[:-1]) == max(numbers), numbers
+
+
+def test_the_empty_paper_shows_a_hint_until_drawn_on_and_again_once_cleared(page):
+    page, _ = page
+    assert page.is_visible("#hint") and "Draw" in page.text_content("#hint")
+    draw_two_strokes(page)
+    assert not page.is_visible("#hint")
+    page.click("#clear")
+    assert page.is_visible("#hint")
+
+
+def test_the_page_loads_without_a_failed_request_or_a_console_error(page):
+    page, seen = page
+    page.wait_for_load_state("networkidle")
+    assert page.locator("link[rel=icon]").count() == 1  # else the browser asks for /favicon.ico, a 404
+    assert seen == dict(failed=[], console_errors=[])
+
+
+def test_the_page_is_usable_by_keyboard_with_the_focus_visible(page):
+    page, _ = page
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "read"
+    outline = page.evaluate("(s => [s.outlineStyle, parseFloat(s.outlineWidth)])(getComputedStyle(document.activeElement))")
+    assert outline[0] != "none" and outline[1] >= 2, outline
+    page.keyboard.press("Enter")  # Read, on the empty paper: no digit
+    assert answered(page) == "?"
+    draw_two_strokes(page)
+    page.focus("#read")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "clear"
+    page.keyboard.press("Space")
+    assert page.text_content("#answer") == "" and page.is_visible("#hint")
+
+
+def test_the_page_limits_itself_to_bodies_the_server_takes():
+    page = (REPO / "resources" / "draw.html").read_text()
+    assert f"const MAX_BYTES = {serve.MAX_BYTES // 2**20} * 1024 * 1024;" in page
+
+
+def test_on_a_phone_the_page_fits_its_width_and_a_finger_draws_on_it(chromium, server):
+    address, _ = server
+    context = chromium.new_context(viewport=dict(width=360, height=740), is_mobile=True, has_touch=True,
+                                   device_scale_factor=2)
+    try:
+        page = context.new_page()
+        page.goto(address + "/")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        box = page.locator("#paper").bounding_box()
+        assert box["width"] <= 360
+        touch = context.new_cdp_session(page)
+        for x in (0.25, 0.7):  # two upright strokes with a finger
+            points = [(box["x"] + x * box["width"] - 2 * step, box["y"] + (0.15 + 0.07 * step) * box["height"])
+                      for step in range(11)]
+            for kind, (px, py) in [("touchStart", points[0]), *[("touchMove", point) for point in points[1:]]]:
+                touch.send("Input.dispatchTouchEvent", dict(type=kind, touchPoints=[dict(x=px, y=py)]))
+            touch.send("Input.dispatchTouchEvent", dict(type="touchEnd", touchPoints=[]))
+        page.tap("#read")
+        shown = answered(page)
+    finally:
+        context.close()
+    assert len(shown) == 2 and all(character.isdigit() for character in shown), shown
