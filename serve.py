@@ -36,6 +36,7 @@ read_timeout = 20        # seconds a connection may stay silent (a stalled uploa
 batch_wait = 0.002       # seconds the model waits for more digits after the first one arrives
 # ------------------------------------------------------------------------------
 import base64
+import ctypes
 import errno
 import io
 import json
@@ -67,6 +68,8 @@ PAGE = Path(__file__).resolve().parent / "resources" / "draw.html"
 BIG_PICTURE = 4_000_000  # pixels, as decoded (JPEG's at a reduced scale): a phone's screenshot is 3 million
 BIG_ADMITTED = 2  # big pictures in the server at once, one read and one waiting; more are refused with 503
 MAX_BATCH = 256  # digits the model reads in one call at most (a picture holds photo.MAX_DIGITS at most)
+MALLOC_ARENAS = 2  # glibc's memory pools for all the threads (docs/serving.md: memory that only grew)
+IDLE = 1.0  # seconds without a request after which the memory freed is handed back to the system
 
 
 def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY,
@@ -165,8 +168,13 @@ class BatchedModel:
             self.answer(self.gather())
 
     def gather(self):
-        """The calls waiting: the first as it comes, then any others for up to max_wait seconds."""
-        calls = [self.waiting.get()]
+        """The calls waiting: the first as it comes, then any others for up to max_wait seconds. A quiet moment
+        (IDLE seconds without one) returns the memory freed to the system first."""
+        try:
+            calls = [self.waiting.get(timeout=IDLE)]
+        except queue.Empty:  # a quiet moment: hand back what the last busy one freed, then wait
+            return_free_memory()
+            calls = [self.waiting.get()]
         count, deadline = len(calls[0].pictures), time.monotonic() + self.max_wait
         while count < MAX_BATCH:
             try:
@@ -255,6 +263,34 @@ def make_server(app, listening, settings):
     return server
 
 
+def glibc():
+    """The C library's functions where it is glibc (its malloc's settings), else None."""
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+GLIBC = glibc()
+
+
+def fewer_malloc_arenas():
+    """glibc gives each thread that allocates while others do a pool (arena) of its own, up to 8 per core, and
+    keeps what is freed there for that pool's reuse: the request threads' large, short-lived arrays (a photo's
+    cleaning) then pile up as memory that is never returned. MALLOC_ARENAS pools for all of them (glibc's
+    M_ARENA_MAX, set before the threads start)."""
+    m_arena_max = -8
+    if GLIBC:
+        GLIBC.mallopt(m_arena_max, MALLOC_ARENAS)
+
+
+def return_free_memory():
+    """What malloc keeps freed in its pools, handed back to the system (glibc's malloc_trim)."""
+    if GLIBC:
+        GLIBC.malloc_trim(0)
+
+
 def main(argv=None):
     parser = flags.settings_parser(globals())
     parser.add_argument("--min_confidence", type=float, default=predict.MIN_CONFIDENCE,
@@ -272,6 +308,7 @@ def main(argv=None):
     if not os.path.exists(f"{predict.SAVED_MODEL}/saved_model.pb"):
         print(f"error: no model in {predict.SAVED_MODEL}; run python run.py first", file=sys.stderr)
         return 2
+    fewer_malloc_arenas()
     try:  # before TensorFlow starts: a port that is taken is said at once
         family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
         listening = socket.create_server((args.host, args.port), family=family, backlog=args.connection_limit)

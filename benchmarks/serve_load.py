@@ -71,6 +71,8 @@ import flags  # noqa: E402  (the repo's modules are importable only from here on
 import photo  # noqa: E402
 import serve  # noqa: E402
 
+SETTLE = 2  # seconds the server is left alone before its memory is read after a phase (it returns memory freed
+            # after one quiet second)
 TARGETS = dict(requests_per_second=100, p99_seconds=1.0, mixed_p99_seconds=2.0, memory_growth=0.15)
 SMOKE_RUN = "smoke run (--quick): a few requests of each kind; it checks that the benchmark runs, its numbers " \
             "mean nothing, and it judges no target"
@@ -175,8 +177,9 @@ def start_server(workdir):
     sys.exit("error: serve.py did not start within 2 minutes")
 
 
-def resident_mb(process):
-    """The server's resident memory (VmRSS), MB."""
+def resident_mb(process, settle=0):
+    """The server's resident memory (VmRSS), MB, after settle seconds without requests."""
+    time.sleep(settle)
     for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -417,21 +420,21 @@ memory = MemoryWatch(server)
 try:
     for content_type, body in pictures.values():  # warm-up: TensorFlow's first call traces the network
         Client(port).post(content_type, body)
-    rows = {"start": dict(rss_mb=resident_mb(server))}
+    rows = {"start": dict(rss_mb=resident_mb(server, SETTLE))}
     (results, seconds, cut) = timed(valid_load, port, pictures, clients, requests_per_client)
-    rows["valid"] = dict(summary(results, seconds, resident_mb(server)), cut_short=cut)
+    rows["valid"] = dict(summary(results, seconds, resident_mb(server, SETTLE)), cut_short=cut)
     (results, seconds, cut) = timed(valid_load, port, photos(), photo_clients, photo_requests_per_client)
-    rows["photos"] = dict(summary(results, seconds, resident_mb(server)), cut_short=cut)
+    rows["photos"] = dict(summary(results, seconds, resident_mb(server, SETTLE)), cut_short=cut)
     (bad_counts, results), seconds, cut = timed(abuse, port, kinds, huge)
-    rows["abuse"] = dict(summary(results, seconds, resident_mb(server)), cut_short=cut,
+    rows["abuse"] = dict(summary(results, seconds, resident_mb(server, SETTLE)), cut_short=cut,
                          kinds=bad_counts, server_up=server.poll() is None)
     (results, abused, abused_as_documented), seconds, cut = timed(mix, port, pictures, kinds, huge)
-    rows["mix"] = dict(summary(results, seconds, resident_mb(server)), cut_short=cut, abuser_requests=abused,
+    rows["mix"] = dict(summary(results, seconds, resident_mb(server, SETTLE)), cut_short=cut, abuser_requests=abused,
                        abuser_as_documented=abused_as_documented)
     sent_so_far = 2 * rows["valid"]["requests"]
     per_client = max(0, -(-(soak_requests - sent_so_far) // clients))
     (results, seconds, cut) = timed(valid_load, port, pictures, clients, per_client)
-    rows["soak"] = dict(summary(results, seconds, resident_mb(server)), cut_short=cut,
+    rows["soak"] = dict(summary(results, seconds, resident_mb(server, SETTLE)), cut_short=cut,
                         valid_requests_in_all=sent_so_far + len(results))
 finally:
     memory.stopped.set()

@@ -178,8 +178,9 @@ def head(*fields):
 
 
 def status_and_json(reply):
+    """An HTTP reply's bytes -> (its status, its JSON body); (0, None) for no reply."""
     status_line, _, body = reply.partition(b"\r\n\r\n")
-    return int(status_line.split()[1]), json.loads(body)
+    return (int(status_line.split()[1]), json.loads(body)) if reply else (0, None)
 
 
 def test_a_chunked_body_over_the_limit_is_refused_with_413_and_the_connection_closed(server):
@@ -352,7 +353,8 @@ def test_the_page_is_usable_by_keyboard_with_the_focus_visible(page):
     page, _ = page
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "read"
-    outline = page.evaluate("(s => [s.outlineStyle, parseFloat(s.outlineWidth)])(getComputedStyle(document.activeElement))")
+    outline = page.evaluate("(style => [style.outlineStyle, parseFloat(style.outlineWidth)])"
+                            "(getComputedStyle(document.activeElement))")
     assert outline[0] != "none" and outline[1] >= 2, outline
     page.keyboard.press("Enter")  # Read, on the empty paper: no digit
     assert answered(page) == "?"
@@ -380,13 +382,23 @@ def test_on_a_phone_the_page_fits_its_width_and_a_finger_draws_on_it(chromium, s
         box = page.locator("#paper").bounding_box()
         assert box["width"] <= 360
         touch = context.new_cdp_session(page)
-        for x in (0.25, 0.7):  # two upright strokes with a finger
-            points = [(box["x"] + x * box["width"] - 2 * step, box["y"] + (0.15 + 0.07 * step) * box["height"])
-                      for step in range(11)]
-            for kind, (px, py) in [("touchStart", points[0]), *[("touchMove", point) for point in points[1:]]]:
-                touch.send("Input.dispatchTouchEvent", dict(type=kind, touchPoints=[dict(x=px, y=py)]))
+
+        def finger(points):  # one touch of a finger along the points, a frame apart, at rest when lifted
+            moves = [("touchStart", points[0]), *[("touchMove", point) for point in [*points[1:], points[-1]]]]
+            for kind, (x, y) in moves:  # lifted while moving, a stroke is a fling, and Chromium drops a tap after it
+                touch.send("Input.dispatchTouchEvent", dict(type=kind, touchPoints=[dict(x=x, y=y)]))
+                time.sleep(1 / 60)
             touch.send("Input.dispatchTouchEvent", dict(type="touchEnd", touchPoints=[]))
-        page.tap("#read")
+
+        for x in (0.25, 0.7):  # two upright strokes
+            finger([(box["x"] + x * box["width"] - 2 * step, box["y"] + (0.15 + 0.07 * step) * box["height"])
+                    for step in range(11)])
+        inked = page.evaluate("""(() => { const paper = document.getElementById("paper");
+            const pixels = paper.getContext("2d").getImageData(0, 0, paper.width, paper.height).data;
+            let dark = 0; for (let i = 0; i < pixels.length; i += 4) dark += pixels[i] < 128; return dark; })()""")
+        assert inked > 1000  # the finger's strokes are on the paper
+        read = page.locator("#read").bounding_box()
+        finger([(read["x"] + read["width"] / 2, read["y"] + read["height"] / 2)])  # a tap on Read
         shown = answered(page)
     finally:
         context.close()
