@@ -24,7 +24,8 @@ half-sent body, an idle keep-alive) is closed, and a body is never buffered past
 picture is decoded and cleaned in its own thread, outside any lock; the model reads the digits of every
 request waiting at that moment in one call (dynamic batching, as TensorFlow Serving does). A picture of more
 than BIG_PICTURE pixels is decoded and cleaned one at a time, so huge pictures wait for one another and not
-for the small ones. It listens on 127.0.0.1 unless told otherwise.
+for the small ones. The memory a busy moment took is handed back once the server is quiet. It listens on
+127.0.0.1 unless told otherwise. Its limits under load: docs/serving.md.
 """
 # ---- settings: each is also a flag, e.g. --port 8080 ----
 host = "127.0.0.1"       # the address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network)

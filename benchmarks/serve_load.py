@@ -41,6 +41,7 @@ soak_requests = 10000    # valid requests in all by the end of the soak phase (m
 read_timeout = 5         # the server's --read_timeout here: stalled clients are cut off within the run
 time_limit = 600         # seconds each phase may take at most; a phase cut short says so
 model = "model/saved_model"  # the SavedModel to serve, as python run.py exports it
+server_flags = ""        # more flags for serve.py, e.g. "--threads 4 --batch_wait 0.005"
 out = ""                 # the JSON's path (relative to the repo); default: benchmarks/results/serve_load.json,
                          # or serve_load_quick.json with --quick: a smoke run never overwrites a measurement
 quick = False            # a smoke run: 4 clients x 3 requests, 2 photos, 40 bad requests, 1 huge picture,
@@ -166,7 +167,8 @@ def start_server(workdir):
         port = probe.getsockname()[1]
     log = open(workdir / "serve.log", "w")
     process = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--port", str(port), "--read_timeout",
-                                str(read_timeout)], cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+                                str(read_timeout), *server_flags.split()], cwd=workdir, stdout=log,
+                               stderr=subprocess.STDOUT)
     for _ in range(600):
         if "serving" in (workdir / "serve.log").read_text():
             return process, port
