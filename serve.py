@@ -71,6 +71,7 @@ BIG_ADMITTED = 2  # big pictures in the server at once, one read and one waiting
 MAX_BATCH = 256  # digits the model reads in one call at most (a picture holds photo.MAX_DIGITS at most)
 MALLOC_ARENAS = 2  # glibc's memory pools for all the threads (docs/serving.md: memory that only grew)
 IDLE = 1.0  # seconds without a request after which the memory freed is handed back to the system
+LINGER = 5  # seconds a refused body is still read (and dropped) so that its sender reads the refusal
 
 
 def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY,
@@ -240,6 +241,7 @@ class JsonRefusal(ErrorTask):
     request), as JSON like the app's refusals; the connection is then closed."""
 
     def execute(self):
+        self.channel.refused = True
         error = self.request.error
         message = TOO_LARGE if error.code == 413 else f"{error.reason}: {error.body}"
         body = json.dumps(dict(error=message)).encode()
@@ -251,7 +253,40 @@ class JsonRefusal(ErrorTask):
 
 
 class Channel(HTTPChannel):
+    """waitress' connection, its refusals as JSON (JsonRefusal), closed after one the way web servers close
+    (a lingering close): the answer sent, the rest of the refused body read and dropped until the client
+    stops, or for LINGER seconds at most. Closed at once, with the body still coming, the connection is reset,
+    and a client still sending (Python's http.client, say) never reads the answer."""
     error_task_class = JsonRefusal
+    refused = False
+    linger_until = None
+
+    def handle_close(self):
+        if not self.refused or self.linger_until is not None or not self.connected:
+            return super().handle_close()
+        self.linger_until, self.will_close = time.monotonic() + LINGER, False
+        try:
+            self.socket.shutdown(socket.SHUT_WR)  # the answer is sent: the client reads it, then the end
+        except OSError:
+            super().handle_close()
+
+    def readable(self):
+        return self.linger_until is not None or super().readable()
+
+    def writable(self):
+        if self.linger_until is not None and time.monotonic() > self.linger_until:
+            self.will_close = True  # handle_write closes it
+        return super().writable()
+
+    def handle_read(self):
+        if self.linger_until is None:
+            return super().handle_read()
+        try:
+            dropped = self.recv(self.adj.recv_bytes)  # b"" once the client has closed: recv closes it too
+        except OSError:
+            return super().handle_close()
+        if dropped and time.monotonic() > self.linger_until:
+            super().handle_close()
 
 
 def make_server(app, listening, settings):

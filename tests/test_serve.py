@@ -138,6 +138,7 @@ def test_a_blank_page_is_answered_no_digit(server):
     (b"", "image/png", 400, "empty body"),
     (png_header_only(20000, 20000), "image/png", 413, "picture too large"),
     (png_header_only(8000, 8000), "image/png", 413, "picture too large"),
+    (b"\0" * (6 * 1024 * 1024), "image/png", 413, "body over 5 MB"),  # sent whole, as Python's http.client does
 ])
 def test_a_bad_request_gets_a_clear_refusal_and_the_server_goes_on(server, body, content_type, status, message):
     address, _ = server
