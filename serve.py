@@ -64,6 +64,7 @@ import photo
 import predict
 
 MAX_BYTES = 5 * 1024 * 1024  # a phone photo as JPEG is 2-5 MB
+TOO_LARGE = f"body over {MAX_BYTES // 2**20} MB: send a smaller picture"
 IMAGE_TYPES = ("image/png", "image/jpeg")
 PAGE = Path(__file__).resolve().parent / "resources" / "draw.html"
 BIG_PICTURE = 4_000_000  # pixels, as decoded (JPEG's at a reduced scale): a phone's screenshot is 3 million
@@ -117,9 +118,6 @@ def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=pred
         return refuse(error.code, error.description)
 
     return app
-
-
-TOO_LARGE = f"body over {MAX_BYTES // 2**20} MB: send a smaller picture"
 
 
 def refuse(status, message):
