@@ -2,7 +2,7 @@
 centred by its centre of mass. predict.py and serve.py read photos through it; letters.py makes its letters
 into pictures the same way (to_mnist).
 
-    mnist_digits(image, classify)  -> float32 [n, 28, 28], left to right, and what classify says of them
+    mnist_digits(image, classify)  -> float32 [n, 28, 28]: its digits, left to right
     to_mnist(ink)                  -> one digit's ink as MNIST's 28x28
 
 Photos as people take them: dim or lit by a lamp to one side, on ruled or squared paper, with specks, a small
@@ -363,12 +363,10 @@ def to_mnist(ink):
 
 
 def mnist_digits(image, classify):
-    """A Pillow image -> (float32 [n, 28, 28]: each digit written in it, left to right, as MNIST's; and what
-    classify says of them: {"probabilities": [n, 10], "novelty": [n]}). The one preprocessing predict.py and
-    serve.py share; classify also settles how the ink splits into digits. Raises NoDigit (why not) or
-    ValueError (undecodable)."""
+    """A Pillow image -> float32 [n, 28, 28]: each digit written in it, left to right, as MNIST's. The one
+    preprocessing predict.py and serve.py share; classify (float32 [n, 28, 28] -> {"probabilities": [n, 10],
+    ...}) settles how the ink splits into digits. Raises NoDigit (why not) or ValueError (undecodable)."""
     ink, grain = ink_strength(working_pixels(image))
     ink = remove_paper_lines(ink)
     labels, groups = ink_pieces(ink, grain)
-    pictures = np.stack([to_mnist(crop) for crop in segment(ink, labels, groups, classify)])
-    return pictures, {name: np.asarray(value, np.float32) for name, value in classify(pictures).items()}
+    return np.stack([to_mnist(crop) for crop in segment(ink, labels, groups, classify)])

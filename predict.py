@@ -57,17 +57,30 @@ class Reading:
 def read(source, classify, min_confidence=MIN_CONFIDENCE, max_novelty=MAX_NOVELTY):
     """An image file (path or binary file object) -> Reading. classify: float32 [n, 28, 28] ->
     {"probabilities": [n, 10], "novelty": [n]} (load_classifier). Raises ValueError with a one-line reason if
-    the file is not a picture it can read."""
+    the file is not a picture it can read. In two steps that serve.py also takes apart: the cleaning
+    (photo.mnist_digits, which asks classify how the ink splits) and the answer (judged, on what classify says
+    of the digits)."""
     image = open_picture(source)
     try:
-        pictures, said = mnist_digits(image, classify)
+        pictures = mnist_digits(image, classify)
     except NoDigit as reason:
-        return Reading("?", f"no digit: {reason}", np.zeros([0, SIDE, SIDE], np.float32), np.zeros([0, 10]),
-                       np.zeros([0]), np.zeros([0], bool))
+        return no_digit(reason)
     finally:
         if not hasattr(source, "read"):  # a file object stays the caller's to close
             image.close()
-    probabilities, novelty = said["probabilities"], said["novelty"]
+    return judged(pictures, classify(pictures), min_confidence, max_novelty)
+
+
+def no_digit(reason):
+    """The Reading of a picture that holds no digit (photo.NoDigit's reason)."""
+    return Reading("?", f"no digit: {reason}", np.zeros([0, SIDE, SIDE], np.float32), np.zeros([0, 10]),
+                   np.zeros([0]), np.zeros([0], bool))
+
+
+def judged(pictures, said, min_confidence=MIN_CONFIDENCE, max_novelty=MAX_NOVELTY):
+    """The digits' pictures and what classify said of them -> Reading: each answered if likely enough and not
+    novel, else "?"."""
+    probabilities, novelty = (np.asarray(said[name], np.float32) for name in ("probabilities", "novelty"))
     best = probabilities.argmax(axis=1)
     likely, familiar = probabilities.max(axis=1) >= min_confidence, novelty <= max_novelty
     sure = likely & familiar

@@ -5,48 +5,84 @@
 
 Serves model/saved_model (as python run.py exports it) and one page, resources/draw.html: the answer, the ten
 probabilities of each digit as bars, and the 28x28 pictures the model saw. The page asks `POST /predict` with
-a picture's bytes as the body (Content-Type image/png or image/jpeg), which answers JSON read by predict.read,
-the very preprocessing python predict.py uses:
+a picture's bytes as the body (Content-Type image/png or image/jpeg), which answers JSON read as predict.read
+reads, the very preprocessing python predict.py uses:
 
     {"digits": "2026", "details": "2 0.99, 0 0.97, 2 0.98, 6 0.95",
      "pieces": [{"digit": 2, "sure": true, "probabilities": [10 numbers], "novelty": 0.82,
                  "picture": "data:image/png;base64,..."}, ...]}
 
-"digits" is "?" when there is no digit (then "details" says why, and "pieces" may be empty). A body over
-MAX_BYTES is refused with 413, another Content-Type with 415, a file that is not a picture with 400, and one
-of more than photo.MAX_PIXELS pixels (a decompression bomb) with 413, each as {"error": "..."}; the server
-goes on serving. Flask's own server: meant for your machine, so it listens on 127.0.0.1 unless told otherwise.
+"digits" is "?" when there is no digit (then "details" says why, and "pieces" may be empty). Refusals are
+{"error": "..."}: a body over MAX_BYTES, chunked or not, 413 (and the connection is closed); another
+Content-Type 415; a file that is not a picture 400; one of more than photo.MAX_PIXELS pixels (a decompression
+bomb) 413; a picture over BIG_PICTURE pixels while others that large are already waiting their turn, 503.
+The server goes on serving.
+
+waitress serves the Flask app, a production server: `threads` requests are read at once and the others wait
+their turn, at most `connection_limit` connections are open, a connection silent for `read_timeout` seconds (a
+half-sent body, an idle keep-alive) is closed, and a body is never buffered past MAX_BYTES. Each request's
+picture is decoded and cleaned in its own thread, outside any lock; the model reads the digits of every
+request waiting at that moment in one call (dynamic batching, as TensorFlow Serving does). A picture of more
+than BIG_PICTURE pixels is decoded and cleaned one at a time, so huge pictures wait for one another and not
+for the small ones. The memory a busy moment took is handed back once the server is quiet. It listens on
+127.0.0.1 unless told otherwise. Its limits under load: docs/serving.md.
 """
-import argparse
+# ---- settings: each is also a flag, e.g. --port 8080 ----
+host = "127.0.0.1"       # the address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network)
+port = 8000              # the port to listen on
+threads = 8              # requests decoded and cleaned at once (waitress' threads); the others wait their turn
+connection_limit = 100   # open connections at most; more wait to be accepted
+read_timeout = 20        # seconds a connection may stay silent (a stalled upload, an idle keep-alive) before it
+                         # is closed
+batch_wait = 0.002       # seconds the model waits for more digits after the first one arrives
+# ------------------------------------------------------------------------------
 import base64
+import ctypes
 import errno
 import io
+import json
 import os
+import queue
 import socket
 import sys
 import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import waitress
 from flask import Flask, jsonify, request, send_file
 from PIL import Image
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import make_server, select_address_family
 
+import flags
 import photo
 import predict
 
 MAX_BYTES = 5 * 1024 * 1024  # a phone photo as JPEG is 2-5 MB
+TOO_LARGE = f"body over {MAX_BYTES // 2**20} MB: send a smaller picture"
 IMAGE_TYPES = ("image/png", "image/jpeg")
 PAGE = Path(__file__).resolve().parent / "resources" / "draw.html"
+BIG_PICTURE = 4_000_000  # pixels, as decoded (JPEG's at a reduced scale): a phone's screenshot is 3 million
+BIG_ADMITTED = 2  # big pictures in the server at once, one read and one waiting; more are refused with 503
+MAX_BATCH = 256  # digits the model reads in one call at most (a picture holds photo.MAX_DIGITS at most)
+MALLOC_ARENAS = 2  # glibc's memory pools for all the threads (docs/serving.md: memory that only grew)
+IDLE = 1.0  # seconds without a request after which the memory freed is handed back to the system
+LINGER = 5  # seconds a refused body is still read (and dropped) so that its sender reads the refusal
 
 
-def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY):
+def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY,
+               max_wait=batch_wait):
     """The Flask app: GET / is the page, POST /predict reads a picture. classify: as predict.read's
-    (predict.load_classifier), called by one request at a time."""
+    (predict.load_classifier), called by one thread, with the digits of every request waiting (BatchedModel)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BYTES
-    one_at_a_time = threading.Lock()
+    model = app.extensions["model"] = BatchedModel(classify, max_wait)
+    big_pictures = BigPictures()
 
     @app.get("/")
     def page():
@@ -61,10 +97,16 @@ def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=pred
         if not body:
             return refuse(400, "empty body: send the picture's bytes")
         try:
-            with one_at_a_time:
-                reading = predict.read(io.BytesIO(body), classify, min_confidence, max_novelty)
+            image = photo.open_picture(io.BytesIO(body))
+            with big_pictures.turn(image):
+                pictures = photo.mnist_digits(image, model)  # predict.read's cleaning ...
+            reading = predict.judged(pictures, model(pictures), min_confidence, max_novelty)  # ... and answer
+        except photo.NoDigit as reason:
+            reading = predict.no_digit(reason)
         except photo.PictureTooLarge as error:
             return refuse(413, str(error))
+        except BigPictures.Busy as error:
+            return refuse(503, str(error))
         except ValueError as error:
             return refuse(400, str(error))
         return jsonify(answer(reading))
@@ -72,7 +114,7 @@ def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=pred
     @app.errorhandler(HTTPException)
     def http_error(error):  # 404, 405, 413 from werkzeug: JSON like the rest
         if error.code == 413:
-            return refuse(413, f"body over {MAX_BYTES // 2**20} MB: send a smaller picture")
+            return refuse(413, TOO_LARGE)
         return refuse(error.code, error.description)
 
     return app
@@ -98,31 +140,219 @@ def png_data_url(picture):
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+# ---- the model, shared: dynamic batching ---------------------------------------------------------------------
+
+class BatchedModel:
+    """classify for many threads at once. Each call's pictures wait in a queue; one thread takes every call
+    waiting (after the first, up to max_wait seconds more for others, until MAX_BATCH digits), hands all their
+    pictures to classify in one call and gives each caller its own rows. The batch is padded with blank
+    pictures to a power of two: the model then meets a few shapes only, and TensorFlow (oneDNN) keeps a
+    compiled kernel and buffers for each shape it meets."""
+
+    def __init__(self, classify, max_wait):
+        self.classify, self.max_wait = classify, max_wait
+        self.waiting = queue.SimpleQueue()
+        threading.Thread(target=self.serve_forever, name="model", daemon=True).start()
+
+    def __call__(self, pictures):
+        call = SimpleNamespace(pictures=np.asarray(pictures, np.float32), done=threading.Event(), said=None,
+                               error=None)
+        self.waiting.put(call)
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.said
+
+    def serve_forever(self):
+        while True:
+            self.answer(self.gather())
+
+    def gather(self):
+        """The calls waiting: the first as it comes, then any others for up to max_wait seconds. A quiet moment
+        (IDLE seconds without one) returns the memory freed to the system first."""
+        try:
+            calls = [self.waiting.get(timeout=IDLE)]
+        except queue.Empty:  # a quiet moment: hand back what the last busy one freed, then wait
+            return_free_memory()
+            calls = [self.waiting.get()]
+        count, deadline = len(calls[0].pictures), time.monotonic() + self.max_wait
+        while count < MAX_BATCH:
+            try:
+                calls.append(self.waiting.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+            count += len(calls[-1].pictures)
+        return calls
+
+    def answer(self, calls):
+        pictures = np.concatenate([call.pictures for call in calls])
+        padded = 1 << max(0, len(pictures) - 1).bit_length()
+        try:
+            said = self.classify(np.concatenate([pictures, np.zeros((padded - len(pictures),) + pictures.shape[1:],
+                                                                    np.float32)]))
+        except Exception as error:  # the model failed (out of memory...): each caller raises it
+            for call in calls:
+                call.error = error
+                call.done.set()
+            return
+        start = 0
+        for call in calls:
+            stop = start + len(call.pictures)
+            call.said = {name: np.asarray(value)[start:stop] for name, value in said.items()}
+            start = stop
+            call.done.set()
+
+
+class BigPictures:
+    """A picture of more than BIG_PICTURE pixels waits for the one before it to be decoded and cleaned: huge
+    pictures cost their senders (they take turns), not everyone (each holds one of the server's threads and a
+    large buffer while it is read). At most BIG_ADMITTED are in the server at once; more are refused (Busy)."""
+
+    class Busy(Exception):
+        pass
+
+    def __init__(self):
+        self.admitted = threading.BoundedSemaphore(BIG_ADMITTED)
+        self.reading = threading.Lock()
+
+    @contextmanager
+    def turn(self, image):
+        image.draft(None, (photo.WORKING_SIDE, photo.WORKING_SIDE))  # a JPEG is decoded at 1/2 to 1/8 its size
+        width, height = image.size
+        if width * height <= BIG_PICTURE:
+            yield
+            return
+        if not self.admitted.acquire(blocking=False):
+            raise BigPictures.Busy(f"busy reading other pictures of more than {BIG_PICTURE // 10**6} million pixels:"
+                                   " try again in a moment, or send a smaller picture")
+        try:
+            with self.reading:
+                yield
+        finally:
+            self.admitted.release()
+
+
+# ---- the server ----------------------------------------------------------------------------------------------
+
+class JsonRefusal(ErrorTask):
+    """What waitress refuses itself, before the app sees the request (a body over its limit, a malformed
+    request), as JSON like the app's refusals; the connection is then closed."""
+
+    def execute(self):
+        self.channel.refused = True
+        error = self.request.error
+        message = TOO_LARGE if error.code == 413 else f"{error.reason}: {error.body}"
+        body = json.dumps(dict(error=message)).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class Channel(HTTPChannel):
+    """waitress' connection, its refusals as JSON (JsonRefusal), closed after one the way web servers close
+    (a lingering close): the answer sent, the rest of the refused body read and dropped until the client
+    stops, or for LINGER seconds at most. Closed at once, with the body still coming, the connection is reset,
+    and a client still sending (Python's http.client, say) never reads the answer."""
+    error_task_class = JsonRefusal
+    refused = False
+    linger_until = None
+
+    def handle_close(self):
+        if not self.refused or self.linger_until is not None or not self.connected:
+            return super().handle_close()
+        self.linger_until, self.will_close = time.monotonic() + LINGER, False
+        try:
+            self.socket.shutdown(socket.SHUT_WR)  # the answer is sent: the client reads it, then the end
+        except OSError:
+            super().handle_close()
+
+    def readable(self):
+        return self.linger_until is not None or super().readable()
+
+    def writable(self):
+        if self.linger_until is not None and time.monotonic() > self.linger_until:
+            self.will_close = True  # handle_write closes it
+        return super().writable()
+
+    def handle_read(self):
+        if self.linger_until is None:
+            return super().handle_read()
+        try:
+            dropped = self.recv(self.adj.recv_bytes)  # b"" once the client has closed: recv closes it too
+        except OSError:
+            return super().handle_close()
+        if dropped and time.monotonic() > self.linger_until:
+            super().handle_close()
+
+
+def make_server(app, listening, settings):
+    """waitress serving app on the socket already listening, within the settings' limits."""
+    server = waitress.create_server(
+        app, sockets=[listening], threads=settings.threads, connection_limit=settings.connection_limit,
+        channel_timeout=settings.read_timeout, cleanup_interval=1, max_request_body_size=MAX_BYTES + 1,
+        asyncore_use_poll=True)  # poll: select() cannot watch file descriptors past 1024
+    server.channel_class = Channel
+    return server
+
+
+def glibc():
+    """The C library's functions where it is glibc (its malloc's settings), else None."""
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+GLIBC = glibc()
+
+
+def fewer_malloc_arenas():
+    """glibc gives each thread that allocates while others do a pool (arena) of its own, up to 8 per core, and
+    keeps what is freed there for that pool's reuse: the request threads' large, short-lived arrays (a photo's
+    cleaning) then pile up as memory that is never returned. MALLOC_ARENAS pools for all of them (glibc's
+    M_ARENA_MAX, set before the threads start)."""
+    m_arena_max = -8
+    if GLIBC:
+        GLIBC.mallopt(m_arena_max, MALLOC_ARENAS)
+
+
+def return_free_memory():
+    """What malloc keeps freed in its pools, handed back to the system (glibc's malloc_trim)."""
+    if GLIBC:
+        GLIBC.malloc_trim(0)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
-                                                            "machine only; 0.0.0.0: every network)")
-    parser.add_argument("--port", type=int, default=8000, help="(default 8000)")
+    parser = flags.settings_parser(globals())
     parser.add_argument("--min_confidence", type=float, default=predict.MIN_CONFIDENCE,
                         help=f"answer ? below this probability (default {predict.MIN_CONFIDENCE}; 0: never for this)")
     parser.add_argument("--max_novelty", type=float, default=predict.MAX_NOVELTY,
                         help=f"answer ? above this novelty (default {predict.MAX_NOVELTY}; inf: never for this)")
     args = parser.parse_args(argv)
+    for name, lowest in [("threads", 1), ("connection_limit", 1), ("read_timeout", 1)]:
+        if getattr(args, name) < lowest:
+            parser.error(f"--{name} {getattr(args, name)}: must be at least {lowest}")
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port}: must be in 1..65535")
+    if not 0 <= args.batch_wait <= 1:
+        parser.error(f"--batch_wait {args.batch_wait}: must be 0 to 1 second")
     if not os.path.exists(f"{predict.SAVED_MODEL}/saved_model.pb"):
         print(f"error: no model in {predict.SAVED_MODEL}; run python run.py first", file=sys.stderr)
         return 2
+    fewer_malloc_arenas()
     try:  # before TensorFlow starts: a port that is taken is said at once
-        listening = socket.create_server((args.host, args.port), family=select_address_family(args.host, args.port))
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        listening = socket.create_server((args.host, args.port), family=family, backlog=args.connection_limit)
     except OSError as error:
         print(f"error: {cannot_listen(args.host, args.port, error)}", file=sys.stderr)
         return 2
-    app = create_app(predict.load_classifier(), args.min_confidence, args.max_novelty)
-    with listening:  # Flask's development server, on the socket already bound (it takes a copy)
-        server = make_server(args.host, args.port, app, threaded=True, fd=listening.fileno())
+    app = create_app(predict.load_classifier(), args.min_confidence, args.max_novelty, args.batch_wait)
+    server = make_server(app, listening, args)
     print(f"serving {predict.SAVED_MODEL} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    server.serve_forever()  # until Ctrl-C
+    server.run()  # until Ctrl-C
     return 0
 
 

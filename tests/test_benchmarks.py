@@ -11,6 +11,7 @@ import pytest
 import data
 from benchmarks import hardest, holdout
 from conftest import write_rows
+from test_predict import more_digits, tiny_saved_model  # noqa: F401  (fixtures, shared)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,6 +72,24 @@ def test_time_to_accuracy_quick_prints_its_table_and_writes_its_json(tmp_path):
     assert schedule["held_out_accuracies"] == [run["held_out_accuracy"] for run in results["runs"]]
     assert results["time_to_threshold"] == {"0.0": dict(seconds=schedule["median_training_seconds"], epochs=1),
                                             "99.5": None}
+
+
+def test_serve_load_quick_prints_its_table_and_writes_its_json(tmp_path, tiny_saved_model):  # noqa: F811
+    stdout, results = run_quick("serve_load", tmp_path, "--model", str(tiny_saved_model))
+    table = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert [cell.strip() for cell in table[0].strip("|").split("|")] == [
+        "phase", "requests", "errors", "requests/s", "p50 (s)", "p95 (s)", "p99 (s)", "server RSS (MB)"]
+    assert [row.split("|")[1].strip() for row in table[1:7]] == ["start (after warm-up)", "valid", "photos", "abuse",
+                                                                  "mix", "soak"]
+    assert set(results) == {"settings", "load_average_at_start", "cores", "phases", "peak_rss_mb", "targets"}
+    phases = results["phases"]
+    assert phases["valid"]["requests"] == 4 * 3 and phases["photos"]["requests"] == 2  # quick: 4 clients x 3
+    assert all(phases[phase]["rss_mb"] > 100 for phase in phases)  # TensorFlow alone takes more
+    # Every bad request of every kind got its documented answer, and the server stayed up.
+    kinds = phases["abuse"]["kinds"]
+    assert sum(kind["sent"] for kind in kinds.values()) == 40 + 1 + 2 and phases["abuse"]["server_up"]
+    assert all(kind["as_documented"] == kind["sent"] for kind in kinds.values()), kinds
+    assert results["targets"] == {}  # a smoke run judges none
 
 
 @pytest.mark.parametrize("epochs", ["0", "1,-2", "two"])

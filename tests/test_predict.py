@@ -32,7 +32,7 @@ def unsure(pictures):
 
 def seen(image):
     """What the network would see of a picture: float32 [n, 28, 28]."""
-    return mnist_digits(image, unsure)[0]
+    return mnist_digits(image, unsure)
 
 
 def draw(digit, ink=0, paper=255):
@@ -240,8 +240,8 @@ def test_digits_that_touch_are_cut_where_they_meet():
 def test_touching_digits_are_split_when_the_model_is_sure_of_each_piece(real_digits):
     images, _ = real_digits
     touching = picture(on_paper(list(images[[13, 8], :, :, 0]), size=(700, 400), height=200, gap=-30))
-    assert len(mnist_digits(touching, unsure)[0]) == 1  # one piece of ink: the shapes alone cannot tell
-    assert len(mnist_digits(touching, sure_of(lambda i: 1))[0]) == 2
+    assert len(mnist_digits(touching, unsure)) == 1  # one piece of ink: the shapes alone cannot tell
+    assert len(mnist_digits(touching, sure_of(lambda i: 1))) == 2
 
 
 def test_a_piece_is_not_cut_into_a_digit_and_a_stroke_the_model_is_unsure_of(real_digits):
@@ -254,7 +254,7 @@ def test_a_piece_is_not_cut_into_a_digit_and_a_stroke_the_model_is_unsure_of(rea
         return {"probabilities": probabilities, "novelty": np.zeros(len(pictures))}
 
     touching = picture(on_paper(list(images[[13, 8], :, :, 0]), size=(700, 400), height=200, gap=-30))
-    assert len(mnist_digits(touching, sure_of_the_first_of_several)[0]) == 1
+    assert len(mnist_digits(touching, sure_of_the_first_of_several)) == 1
 
 
 def test_a_blank_picture_holds_no_digit():
@@ -494,7 +494,7 @@ def test_show_saves_what_the_network_saw_beside_the_picture(finished, workdir):
             assert preview.format == "PNG" and preview.size == (28 * count, 28) and preview.mode == "L"
             pixels = np.asarray(preview)
         with Image.open(workdir / name) as image:
-            pictures = mnist_digits(image, classify)[0]
+            pictures = mnist_digits(image, classify)
         np.testing.assert_array_equal(pixels, np.round(255 * np.concatenate(list(pictures), axis=1)))
     assert not (workdir / "blank.mnist.png").exists()
 

@@ -5,20 +5,25 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import photo
 import predict
-from test_predict import draw, more_digits, png_header_only, tiny_saved_model  # noqa: F401  (fixtures, shared)
+import serve
+from test_predict import draw, more_digits, png_header_only, sure_of, tiny_saved_model  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
+READ_TIMEOUT = 2  # the test server's --read_timeout, shortened from the default so a stalled client is cut off soon
 
 
 def free_port():
@@ -29,16 +34,16 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_saved_model):  # noqa: F811
-    """python serve.py --port P --min_confidence 0 --max_novelty inf in a directory as run.py leaves it (the
-    tiny model, always guessing: it answers whatever it makes of a drawing) -> (its address, the lines it
-    printed)."""
+    """python serve.py --port P --min_confidence 0 --max_novelty inf --read_timeout 2 in a directory as run.py
+    leaves it (the tiny model, always guessing: it answers whatever it makes of a drawing) -> (its address, the
+    lines it printed)."""
     workdir = tmp_path_factory.mktemp("serve")
     (workdir / "model").mkdir()
     os.symlink(tiny_saved_model, workdir / "model" / "saved_model")
     port = free_port()
     log = open(workdir / "serve.log", "w+")
     process = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--port", str(port), "--min_confidence", "0",
-                                "--max_novelty", "inf"],
+                                "--max_novelty", "inf", "--read_timeout", str(READ_TIMEOUT)],
                                cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True)
     address = f"http://127.0.0.1:{port}"
     try:
@@ -133,7 +138,7 @@ def test_a_blank_page_is_answered_no_digit(server):
     (b"", "image/png", 400, "empty body"),
     (png_header_only(20000, 20000), "image/png", 413, "picture too large"),
     (png_header_only(8000, 8000), "image/png", 413, "picture too large"),
-    (b"\0" * (6 * 1024 * 1024), "image/png", 413, "body over 5 MB"),
+    (b"\0" * (6 * 1024 * 1024), "image/png", 413, "body over 5 MB"),  # sent whole, as Python's http.client does
 ])
 def test_a_bad_request_gets_a_clear_refusal_and_the_server_goes_on(server, body, content_type, status, message):
     address, _ = server
@@ -142,34 +147,262 @@ def test_a_bad_request_gets_a_clear_refusal_and_the_server_goes_on(server, body,
     assert post(address, encoded(draw(1)), "image/png")[0] == 200
 
 
+# ---- the limits that hold under abuse ----------------------------------------------------------------------
+
+def exchange(address, head, body_parts=(), wait=30):
+    """One connection, written by hand as a misbehaving client writes it: the request's head, then the body's
+    parts (as many as the server takes) -> (the reply's bytes, whether the server closed the connection
+    within `wait` seconds of the last part)."""
+    host, port = address.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        try:
+            connection.sendall(head.encode())
+            for part in body_parts:
+                connection.sendall(part)
+        except OSError:  # the server stopped reading: what it answered is read below
+            pass
+        connection.settimeout(wait)
+        reply = b""
+        try:
+            while chunk := connection.recv(65536):
+                reply += chunk
+            return reply, True
+        except ConnectionResetError:  # closed with the rest of the body unread
+            return reply, True
+        except TimeoutError:
+            return reply, False
+
+
+def head(*fields):
+    return "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n" + \
+        "".join(field + "\r\n" for field in fields) + "\r\n"
+
+
+def status_and_json(reply):
+    """An HTTP reply's bytes -> (its status, its JSON body); (0, None) for no reply."""
+    status_line, _, body = reply.partition(b"\r\n\r\n")
+    return (int(status_line.split()[1]), json.loads(body)) if reply else (0, None)
+
+
+def test_a_chunked_body_over_the_limit_is_refused_with_413_and_the_connection_closed(server):
+    address, _ = server
+    chunk = b"%x\r\n" % 2**16 + b"\0" * 2**16 + b"\r\n"
+    reply, closed = exchange(address, head("Transfer-Encoding: chunked"), [chunk] * 96)  # 6 MB, never ended
+    assert status_and_json(reply) == (413, {"error": "body over 5 MB: send a smaller picture"}), reply[:300]
+    assert closed
+    assert post(address, encoded(draw(1)), "image/png")[0] == 200
+
+
+def test_a_body_declared_over_the_limit_is_refused_with_413_before_it_is_sent(server):
+    address, _ = server
+    reply, closed = exchange(address, head(f"Content-Length: {6 * 2**20}"))
+    assert status_and_json(reply) == (413, {"error": "body over 5 MB: send a smaller picture"}), reply[:300]
+    assert closed
+
+
+def test_a_client_that_stalls_mid_body_is_cut_off_after_the_read_timeout(server):
+    address, _ = server
+    started = time.monotonic()
+    reply, closed = exchange(address, head("Content-Length: 100000"), [encoded(draw(1))[:500]],
+                             wait=READ_TIMEOUT + 15)
+    assert closed and reply == b""  # the request never came whole: nothing to answer
+    assert time.monotonic() - started < READ_TIMEOUT + 15
+    assert post(address, encoded(draw(1)), "image/png")[0] == 200
+
+
+def huge_picture():
+    """A legal picture, as large as photo.MAX_PIXELS allows: a 7 written across a 7000x7000 RGB page, as PNG."""
+    page = draw(7).convert("RGB").resize((7000, 7000), Image.Resampling.NEAREST)
+    assert 7000 * 7000 <= photo.MAX_PIXELS
+    return encoded(page)
+
+
+def test_a_huge_picture_does_not_hold_up_small_ones_sent_while_it_is_read(server):
+    """Each small picture sent while a huge one is read is answered within 5 s, and several are answered
+    before the huge one is: its decoding and cleaning cost its sender, not everyone."""
+    address, _ = server
+    huge, small = huge_picture(), encoded(draw(1))
+    with ThreadPoolExecutor(1) as pool:
+        huge_reply = pool.submit(post, address, huge, "image/png")
+        small_seconds = []
+        while not huge_reply.done() and len(small_seconds) < 50:
+            started = time.monotonic()
+            assert post(address, small, "image/png")[0] == 200
+            small_seconds.append(time.monotonic() - started)
+        assert huge_reply.result()[0] == 200
+    assert len(small_seconds) >= 3 and max(small_seconds) < 5, small_seconds
+
+
+def test_digits_of_requests_that_arrive_together_are_read_in_one_call_each_answered_its_own():
+    calls, model_busy = [], threading.Event()
+
+    def ink_counter(pictures):  # a stand-in model: the digit is the count of inked pixels, mod 10
+        digits = (np.asarray(pictures) > 0.5).sum(axis=(1, 2)) % 10
+        return {"probabilities": np.eye(10, dtype=np.float32)[digits], "novelty": np.zeros(len(pictures))}
+
+    def spy(pictures):
+        calls.append((len(pictures), int(np.any(pictures > 0, axis=(1, 2)).sum())))  # (size, pictures not blank)
+        model_busy.wait(30)  # the first call takes long: the others arrive meanwhile
+        return ink_counter(pictures)
+
+    app = serve.create_app(spy, 0, float("inf"), max_wait=0)
+    bodies = [encoded(draw(digit)) for digit in (1, 7, 0, 1, 7, 0)]  # one digit each: one call each
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        replies = [pool.submit(app.test_client().post, "/predict", data=body, content_type="image/png")
+                   for body in bodies]
+        for _ in range(600):  # until every request is with the model or waiting for it
+            if len(calls) == 1 and calls[0][1] + app.extensions["model"].waiting.qsize() == len(bodies):
+                break
+            time.sleep(0.05)
+        model_busy.set()
+        answers = [reply.result().get_json() for reply in replies]
+    assert len(calls) <= 2 and sum(digits for _, digits in calls) == len(bodies), calls
+    assert all(size == 2 ** (digits - 1).bit_length() for size, digits in calls), calls  # padded to a power of 2
+    for body, answer in zip(bodies, answers):
+        own = photo.mnist_digits(Image.open(io.BytesIO(body)), ink_counter)
+        assert answer["digits"] == str(ink_counter(own)["probabilities"].argmax()), answer
+
+
 # ---- in a real browser ------------------------------------------------------------------------------------
 
-def test_strokes_drawn_on_the_page_are_read_off_it(server):
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium, headless, driven by Playwright (which never downloads a browser of its own)."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run installs it)")
     from playwright.sync_api import sync_playwright
 
-    address, _ = server
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run", "--disable-sync"])
         try:
-            page = browser.new_page()
-            page.goto(address + "/")
-            box = page.locator("#paper").bounding_box()
-            for x in (0.25, 0.7):  # two upright strokes, far apart: two 1s, whatever the model makes of them
-                page.mouse.move(box["x"] + x * box["width"], box["y"] + 0.15 * box["height"])
-                page.mouse.down()
-                for step in range(1, 11):
-                    page.mouse.move(box["x"] + x * box["width"] - 2 * step, box["y"] + (0.15 + 0.07 * step) * box["height"])
-                page.mouse.up()
-            page.click("#read")
-            page.wait_for_function("!['', '…'].includes(document.getElementById('answer').textContent)", timeout=60000)
-            shown = page.text_content("#answer")
-            pictures = page.locator(".piece img").count()
-            bars = page.locator(".piece .bar").count()
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(chromium, server):
+    """The page as a desktop browser opens it -> (the page, every response and console error it met)."""
+    address, _ = server
+    context = chromium.new_context()
+    page = context.new_page()
+    seen = dict(failed=[], console_errors=[])
+    page.on("response", lambda response: response.status >= 400 and seen["failed"].append(response.url))
+    page.on("console", lambda message: message.type == "error" and seen["console_errors"].append(message.text))
+    page.goto(address + "/")
+    yield page, seen
+    context.close()
+
+
+def draw_two_strokes(page):
+    """Two upright strokes with the mouse, far apart: two 1s, whatever the model makes of them."""
+    box = page.locator("#paper").bounding_box()
+    for x in (0.25, 0.7):
+        page.mouse.move(box["x"] + x * box["width"], box["y"] + 0.15 * box["height"])
+        page.mouse.down()
+        for step in range(1, 11):
+            page.mouse.move(box["x"] + x * box["width"] - 2 * step, box["y"] + (0.15 + 0.07 * step) * box["height"])
+        page.mouse.up()
+
+
+def answered(page):
+    page.wait_for_function("!['', '…'].includes(document.getElementById('answer').textContent)", timeout=60000)
+    return page.text_content("#answer")
+
+
+def test_strokes_drawn_on_the_page_are_read_off_it(page):
+    page, _ = page
+    draw_two_strokes(page)
+    page.click("#read")
+    shown = answered(page)
     assert len(shown) == 2 and all(character.isdigit() for character in shown), shown
-    assert pictures == 2 and bars == 20
+    assert page.locator(".piece img").count() == 2 and page.locator(".piece .bar").count() == 20
+
+
+def test_each_probability_bar_shows_its_number_beside_it(page):
+    page, _ = page
+    draw_two_strokes(page)
+    page.click("#read")
+    answered(page)
+    values = page.locator(".piece .bar .value").all_text_contents()
+    assert len(values) == 20 and all(value.endswith("%") and value[:-1].isdigit() for value in values), values
+    for piece in range(2):  # each piece's numbers add up to about 100%, and the best's is the largest
+        numbers = [int(value[:-1]) for value in values[10 * piece:10 * piece + 10]]
+        best = page.locator(".piece").nth(piece).locator(".bar.best .value").text_content()
+        assert 95 <= sum(numbers) <= 105 and int(best[:-1]) == max(numbers), numbers
+
+
+def test_the_empty_paper_shows_a_hint_until_drawn_on_and_again_once_cleared(page):
+    page, _ = page
+    assert page.is_visible("#hint") and "Draw" in page.text_content("#hint")
+    draw_two_strokes(page)
+    assert not page.is_visible("#hint")
+    page.click("#clear")
+    assert page.is_visible("#hint")
+
+
+def test_the_page_loads_without_a_failed_request_or_a_console_error(page):
+    page, seen = page
+    page.wait_for_load_state("networkidle")
+    assert page.locator("link[rel=icon]").count() == 1  # else the browser asks for /favicon.ico, a 404
+    assert seen == dict(failed=[], console_errors=[])
+
+
+def test_the_page_is_usable_by_keyboard_with_the_focus_visible(page):
+    page, _ = page
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "read"
+    outline = page.evaluate("(style => [style.outlineStyle, parseFloat(style.outlineWidth)])"
+                            "(getComputedStyle(document.activeElement))")
+    assert outline[0] != "none" and outline[1] >= 2, outline
+    page.keyboard.press("Enter")  # Read, on the empty paper: no digit
+    assert answered(page) == "?"
+    draw_two_strokes(page)
+    page.focus("#read")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "clear"
+    page.keyboard.press("Space")
+    assert page.text_content("#answer") == "" and page.is_visible("#hint")
+
+
+def test_the_page_limits_itself_to_bodies_the_server_takes():
+    page = (REPO / "resources" / "draw.html").read_text()
+    assert f"const MAX_BYTES = {serve.MAX_BYTES // 2**20} * 1024 * 1024;" in page
+
+
+def test_on_a_phone_the_page_fits_its_width_and_a_finger_draws_on_it(chromium, server):
+    address, _ = server
+    context = chromium.new_context(viewport=dict(width=360, height=740), is_mobile=True, has_touch=True,
+                                   device_scale_factor=2)
+    try:
+        page = context.new_page()
+        page.goto(address + "/")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        box = page.locator("#paper").bounding_box()
+        assert box["width"] <= 360
+        touch = context.new_cdp_session(page)
+
+        def finger(points):  # one touch of a finger along the points, a frame apart, at rest when lifted
+            moves = [("touchStart", points[0]), *[("touchMove", point) for point in [*points[1:], points[-1]]]]
+            for kind, (x, y) in moves:
+                touch.send("Input.dispatchTouchEvent", dict(type=kind, touchPoints=[dict(x=x, y=y)]))
+                time.sleep(1 / 60)
+            touch.send("Input.dispatchTouchEvent", dict(type="touchEnd", touchPoints=[]))
+            time.sleep(0.5)  # a finger takes a moment to reach the next place; Chromium drops a tap right after a
+            # stroke, which it takes for a fling
+
+        for x in (0.25, 0.7):  # two upright strokes
+            finger([(box["x"] + x * box["width"] - 2 * step, box["y"] + (0.15 + 0.07 * step) * box["height"])
+                    for step in range(11)])
+        inked = page.evaluate("""(() => { const paper = document.getElementById("paper");
+            const pixels = paper.getContext("2d").getImageData(0, 0, paper.width, paper.height).data;
+            let dark = 0; for (let i = 0; i < pixels.length; i += 4) dark += pixels[i] < 128; return dark; })()""")
+        assert inked > 1000  # the finger's strokes are on the paper
+        read = page.locator("#read").bounding_box()
+        finger([(read["x"] + read["width"] / 2, read["y"] + read["height"] / 2)])  # a tap on Read
+        shown = answered(page)
+    finally:
+        context.close()
+    assert len(shown) == 2 and all(character.isdigit() for character in shown), shown
