@@ -3,6 +3,9 @@
     python tune.py --trials 50 --timeout 3600     # 50 more trials or an hour, whichever comes first
     python tune.py --quick                         # a smoke run of a couple of minutes on 3,000 digits
     python run.py --params model/best_params.json  # then train the winner
+    python tune.py --workers 2                     # two workers on this machine, on the one study
+    python tune.py --storage postgresql://me@db-host/tuning   # on each of several machines
+    python tune.py --trials 0                      # no trials: the tables and pictures of the study as it stands
 
 Each trial draws a network (2-3 conv layers of 32-256 filters of 3x3-7x7, 1-2 dense layers of 64-512 units)
 and a recipe (optimiser, learning rate, dropout, batch size), trains it on train.csv's training split and scores
@@ -25,7 +28,8 @@ _quick (tuning_quick.md, ..., best_params_quick.json), never over a real search'
 """
 # ---- settings: each is also a flag, e.g. --trials 20 ----
 trials = 100                          # finished trials (pruned ones count) this search adds to the study; a worker
-                                      # joining a search under way, or resuming one cut short, works to its count
+                                      # joining a search under way, or resuming one cut short, works to its count.
+                                      # 0: no trials, only the tables and pictures of the study as it stands
 timeout = 0                           # seconds, for each worker on its own clock; 0: no limit. A trial still
                                       # training then is stopped there
 workers = 1                           # worker processes to start on this machine, all on the one study
@@ -139,9 +143,10 @@ def open_storage(config):
         os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return optuna.storages.RDBStorage(
-        url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry))
+    with warnings.catch_warnings(category=optuna.exceptions.ExperimentalWarning, action="ignore"):  # so says Optuna
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry))
 
 
 def open_study(config):
@@ -182,7 +187,8 @@ def search_done(study, target, deadline, poll_seconds):
     for them rather than start one too many, and fails those whose worker was lost (Optuna's heartbeat): their
     params come back as waiting trials, and it runs them."""
     while time.time() < deadline:
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings(category=optuna.exceptions.ExperimentalWarning, action="ignore"):
+            optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         finished = sum(t.state in FINISHED for t in trials)
         running = sum(t.state == TrialState.RUNNING and t.number >= target["first_trial"] for t in trials)
@@ -400,14 +406,16 @@ def parse_flags(argv):
     if parser.parse_known_args(argv)[0].quick:
         parser.set_defaults(**QUICK)
     config = parser.parse_args(argv)
-    for name in ("trials", "max_n_epochs", "patience"):
+    for name in ("max_n_epochs", "patience"):
         if getattr(config, name) < 1:
             parser.error(f"--{name} {getattr(config, name)}: must be at least 1")
     for name in ("workers", "heartbeat_interval", "grace_period"):
         if getattr(config, name) < 1:
             parser.error(f"--{name} {getattr(config, name)}: must be at least 1")
-    if config.timeout < 0 or config.prune_after < 0 or config.max_retry < 0:
-        parser.error("--timeout, --prune_after and --max_retry must be 0 or more")
+    if min(config.trials, config.timeout, config.prune_after, config.max_retry) < 0:
+        parser.error("--trials, --timeout, --prune_after and --max_retry must be 0 or more")
+    if config.trials == 0 and not config.report:
+        parser.error("--trials 0 --no-report: nothing to do")
     if config.grace_period <= config.heartbeat_interval:
         parser.error(f"--grace_period {config.grace_period}: must be longer than --heartbeat_interval "
                      f"{config.heartbeat_interval}, or a worker alive would count as lost")
@@ -438,7 +446,6 @@ def search_and_report(config):
         return 2
     digits = data.split_train_validation(images, labels, config.percent_data_for_training, config.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # print_trial says what matters, in one line a trial
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat is, in Optuna's words
     tf.get_logger().setLevel("ERROR")  # every trial traces its own step: TensorFlow's retracing warning is expected
     tuning = open_study(config)
     # What an accuracy means depends on these: trials run under other settings do not compare.
@@ -453,7 +460,9 @@ def search_and_report(config):
     print(f"study {config.study} in {config.storage}: {len(tuning.trials)} trials so far, {config.max_n_epochs} "
           f"epochs each, on {len(digits[1])} training and {len(digits[3])} validation digits", flush=True)
     code = 0
-    if config.workers > 1:
+    if config.trials == 0:
+        print("--trials 0: no trials, the study's results as they stand")
+    elif config.workers > 1:
         code = run_workers(tuning, config)
     else:
         try:
