@@ -2,6 +2,7 @@
 `--workers 2` shares the trials out, none runs twice, both workers finish trials, the search ends with exactly the
 trials asked for, and a worker killed with SIGKILL mid-trial has its trial failed after the heartbeat's grace
 period and its params run again by the other."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,7 +58,7 @@ def search_with_a_worker_killed(postgres_url, tmp_path_factory):
     with SIGKILL there. -> (the finished process, the study's trials, the killed pid)."""
     tune = subprocess.Popen([sys.executable, str(REPO / "tune.py"), "--storage", postgres_url, "--study", "workers",
                              *WORKERS], cwd=tmp_path_factory.mktemp("workers"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     killed, give_up = None, time.time() + 240
     try:
         while killed is None and tune.poll() is None and time.time() < give_up:
@@ -66,8 +67,9 @@ def search_with_a_worker_killed(postgres_url, tmp_path_factory):
                 os.kill(killed, signal.SIGKILL)
             time.sleep(0.1)
         output, _ = tune.communicate(timeout=max(1, give_up - time.time()))
-    finally:
-        tune.kill()
+    finally:  # tune.py and its workers, if they are still there
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(tune.pid, signal.SIGKILL)
     return tune.returncode, output, trials_of(postgres_url, "workers"), killed
 
 
