@@ -143,7 +143,7 @@ def open_storage(config):
         os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    with warnings.catch_warnings(category=optuna.exceptions.ExperimentalWarning, action="ignore"):  # so says Optuna
+    with warnings.catch_warnings(category=optuna.exceptions.ExperimentalWarning, action="ignore"):  # Optuna says so of its heartbeat
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry))
@@ -163,20 +163,17 @@ def count_finished(study):
 
 
 def join_search(study, config):
-    """The search this worker works in -> (its target, joined): target["trials"], the finished trials the study
-    is to have, and target["first_trial"], the number of its first trial. A search under way, short of its target
-    (other workers', or one cut short by Ctrl-C or a time limit), is joined; else a new one starts, config.trials
-    more than the study has finished."""
-    target = study.user_attrs.get("search")
-    finished = count_finished(study)
-    if target and finished < target["trials"]:
-        print(f"joining the search under way: {finished} of its {target['trials']} finished trials "
+    """The search this worker works in -> (its target, the finished trials the study is to have; whether it
+    joined). A search under way, short of its target (other workers', or one cut short by Ctrl-C or a time limit),
+    is joined; else a new one starts, config.trials more than the study has finished."""
+    target, finished = study.user_attrs.get("target"), count_finished(study)
+    if target and finished < target:
+        print(f"joining the search under way: {finished} of its {target} finished trials "
               f"(--trials counts from a search's start)", flush=True)
         return target, True
-    waiting = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
-    target = dict(trials=finished + config.trials, first_trial=min(waiting, default=len(study.trials)))
-    study.set_user_attr("search", target)
-    print(f"a new search: {config.trials} more finished trials, to {target['trials']}"
+    target = finished + config.trials
+    study.set_user_attr("target", target)
+    print(f"a new search: {config.trials} more finished trials, to {target}"
           f"{f', or {config.timeout}s for each worker' if config.timeout else ''}", flush=True)
     return target, False
 
@@ -191,10 +188,12 @@ def search_done(study, target, deadline, poll_seconds):
             optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         finished = sum(t.state in FINISHED for t in trials)
-        running = sum(t.state == TrialState.RUNNING and t.number >= target["first_trial"] for t in trials)
-        if finished >= target["trials"]:
+        # A trial counts as running once run_trial has named its worker, its heartbeat already going: one whose
+        # worker died before that, or an older tune.py's, has no heartbeat to go stale and would be waited for forever.
+        running = sum(t.state == TrialState.RUNNING and "worker" in t.user_attrs for t in trials)
+        if finished >= target:
             return True
-        if finished + running < target["trials"]:
+        if finished + running < target:
             return False
         time.sleep(poll_seconds)
     return True
@@ -273,8 +272,8 @@ def run_workers(study, config):
         if code:
             print(f"worker {number} (pid {worker.pid}) ended with {f'signal {-code}' if code < 0 else f'code {code}'}")
     finished = count_finished(study)
-    print(f"study {config.study}: {finished} of the search's {target['trials']} finished trials", flush=True)
-    return 0 if finished >= target["trials"] else 1
+    print(f"study {config.study}: {finished} of the search's {target} finished trials", flush=True)
+    return 0 if finished >= target else 1
 
 
 # ---- what it found ----

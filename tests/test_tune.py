@@ -262,7 +262,7 @@ def test_a_new_search_aims_at_trials_more_finished_trials_than_the_study_has(tmp
     config = settings(f"sqlite:///{tmp_path}/tuning.db", "aim", trials=3)
     study = tune.open_study(config)  # a new study: the default trial waits, first
     made_up_trials(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    assert tune.join_search(study, config) == (dict(trials=2 + 3, first_trial=0), False)
+    assert tune.join_search(study, config) == (2 + 3, False)
 
 
 def test_a_search_short_of_its_target_is_joined_whatever_trials_a_worker_is_given(tmp_path):
@@ -270,9 +270,9 @@ def test_a_search_short_of_its_target_is_joined_whatever_trials_a_worker_is_give
     tune.join_search(study, settings(f"sqlite:///{tmp_path}/tuning.db", "join", trials=3))
     made_up_trials(study, TrialState.COMPLETE, TrialState.FAIL)
     target, joined = tune.join_search(study, settings(f"sqlite:///{tmp_path}/tuning.db", "join", trials=10))
-    assert joined and target["trials"] == 3
+    assert joined and target == 3
     made_up_trials(study, TrialState.COMPLETE, TrialState.PRUNED)  # its target reached: the next search is new
-    assert tune.join_search(study, settings(f"sqlite:///{tmp_path}/tuning.db", "join", trials=10))[0]["trials"] == 13
+    assert tune.join_search(study, settings(f"sqlite:///{tmp_path}/tuning.db", "join", trials=10))[0] == 13
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the trial running elsewhere: asked here
@@ -282,6 +282,7 @@ def test_a_worker_waits_for_a_trial_running_elsewhere_that_would_make_up_the_tar
     target, _ = tune.join_search(study, config)
     made_up_trials(study, TrialState.COMPLETE)
     elsewhere = study.ask()
+    elsewhere.set_user_attr("worker", "elsewhere:1")  # as run_trial names it
     assert tune.search_done(study, target, deadline=time.time() + 0.5, poll_seconds=0.1)  # waited to the deadline
     finishing = threading.Timer(0.5, lambda: study.tell(elsewhere, 0.5))
     finishing.start()
@@ -297,8 +298,18 @@ def test_a_worker_goes_on_while_the_trials_running_cannot_make_up_the_target(tmp
     study = optuna.create_study(storage=tune.open_storage(config), study_name="go on", direction="maximize")
     target, _ = tune.join_search(study, config)
     made_up_trials(study, TrialState.COMPLETE, TrialState.FAIL)
-    study.ask()
-    assert not tune.search_done(study, target, deadline=math.inf, poll_seconds=0.1)
+    study.ask().set_user_attr("worker", "elsewhere:1")
+    assert not tune.search_done(study, target, deadline=time.time() + 5, poll_seconds=0.1)  # a wait ends True
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_whose_worker_died_before_its_heartbeat_began_is_not_waited_for(tmp_path):
+    config = settings(f"sqlite:///{tmp_path}/tuning.db", "no heartbeat", trials=2)
+    study = optuna.create_study(storage=tune.open_storage(config), study_name="no heartbeat", direction="maximize")
+    target, _ = tune.join_search(study, config)
+    made_up_trials(study, TrialState.COMPLETE)
+    study.ask()  # RUNNING for ever: no heartbeat will go stale, no worker named
+    assert not tune.search_done(study, target, deadline=time.time() + 5, poll_seconds=0.1)  # a wait ends True
 
 
 def test_trials_0_writes_the_results_of_the_study_as_it_stands_and_runs_no_trial(two_sessions, capsys):

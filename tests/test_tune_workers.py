@@ -55,22 +55,26 @@ def second_trial_of_a_worker(trials):
 @pytest.fixture(scope="module")
 def search_with_a_worker_killed(postgres_url, tmp_path_factory):
     """`python tune.py --workers 2` on a study in the server; the first worker to start its second trial is killed
-    with SIGKILL there. -> (the finished process, the study's trials, the killed pid)."""
-    tune = subprocess.Popen([sys.executable, str(REPO / "tune.py"), "--storage", postgres_url, "--study", "workers",
-                             *WORKERS], cwd=tmp_path_factory.mktemp("workers"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    killed, give_up = None, time.time() + 240
+    with SIGKILL there. -> (tune.py's exit code, what it printed, the study's trials, the killed pid)."""
+    workdir = tmp_path_factory.mktemp("workers")
+    with open(workdir / "output", "w") as output:  # a file, not a pipe that a wait could leave full
+        tune = subprocess.Popen([sys.executable, str(REPO / "tune.py"), "--storage", postgres_url, "--study",
+                                 "workers", *WORKERS], cwd=workdir, stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    killed, give_up = None, time.time() + 180
     try:
         while killed is None and tune.poll() is None and time.time() < give_up:
             killed = second_trial_of_a_worker(trials_of(postgres_url, "workers"))
             if killed:
                 os.kill(killed, signal.SIGKILL)
             time.sleep(0.1)
-        output, _ = tune.communicate(timeout=max(1, give_up - time.time()))
+        with contextlib.suppress(subprocess.TimeoutExpired):  # then tune.py is killed below: exit code -9
+            tune.wait(timeout=max(1, give_up - time.time()))
     finally:  # tune.py and its workers, if they are still there
         with contextlib.suppress(ProcessLookupError):
             os.killpg(tune.pid, signal.SIGKILL)
-    return tune.returncode, output, trials_of(postgres_url, "workers"), killed
+    tune.wait()
+    return tune.returncode, (workdir / "output").read_text(), trials_of(postgres_url, "workers"), killed
 
 
 def test_the_search_ends_with_exactly_the_finished_trials_asked_for(search_with_a_worker_killed):
