@@ -74,6 +74,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from datetime import datetime
 
 from devices import compute_dtype, import_tensorflow
 
@@ -143,7 +144,8 @@ def open_storage(config):
         os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    with warnings.catch_warnings(category=optuna.exceptions.ExperimentalWarning, action="ignore"):  # Optuna says so of its heartbeat
+    # Optuna calls its heartbeat experimental, and warns so.
+    with warnings.catch_warnings(category=optuna.exceptions.ExperimentalWarning, action="ignore"):
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry))
@@ -178,7 +180,20 @@ def join_search(study, config):
     return target, False
 
 
-def search_done(study, target, deadline, poll_seconds):
+class SearchComplete(Exception):
+    """A trial taken when the search's target was already met by the trials before it: it is failed unrun."""
+
+
+def in_flight(trial, grace_period):
+    """Whether a trial is running and will finish: once run_trial names its worker, its heartbeat has begun and
+    goes stale if the worker is lost; a trial unnamed after grace_period seconds lost its worker before that, and
+    nothing will ever fail it."""
+    if trial.state != TrialState.RUNNING:
+        return False
+    return "worker" in trial.user_attrs or (datetime.now() - trial.datetime_start).total_seconds() < grace_period
+
+
+def search_done(study, target, deadline, grace_period, poll_seconds):
     """Whether this worker should start no more trials: the study has its target of finished trials, or the
     deadline (time.time() seconds) has passed. While the trials running elsewhere would make up the target, it waits
     for them rather than start one too many, and fails those whose worker was lost (Optuna's heartbeat): their
@@ -188,9 +203,7 @@ def search_done(study, target, deadline, poll_seconds):
             optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         finished = sum(t.state in FINISHED for t in trials)
-        # A trial counts as running once run_trial has named its worker, its heartbeat already going: one whose
-        # worker died before that, or an older tune.py's, has no heartbeat to go stale and would be waited for forever.
-        running = sum(t.state == TrialState.RUNNING and "worker" in t.user_attrs for t in trials)
+        running = sum(in_flight(t, grace_period) for t in trials)
         if finished >= target:
             return True
         if finished + running < target:
@@ -204,7 +217,6 @@ def run_trial(trial, digits, config, deadline):
     which may stop the trial there; so does the deadline (time.time() seconds)."""
     params = suggest_params(trial)
     trial.set_user_attr("params", params)
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     network = tuned_network(params, config.seed)
     recipe = tuned_recipe(params, training_recipe("digitnet", max_n_epochs=config.max_n_epochs,
                                                   patience=config.patience))
@@ -239,15 +251,25 @@ def search(study, digits, config):
     # A search's first worker draws from config.seed, so that a lone search repeats; a worker that joins draws from
     # the system, else workers started together would draw the same networks.
     study.sampler = optuna.samplers.TPESampler(seed=None if joined else config.seed + len(study.trials))
-    if search_done(study, target, deadline, config.heartbeat_interval):
+    if search_done(study, target, deadline, config.grace_period, config.heartbeat_interval):
         return
 
+    def objective(trial):
+        """run_trial, unless the trials before this one make up the target: two workers that found the search one
+        trial short at the same moment both took one."""
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state in FINISHED or (t.number < trial.number and in_flight(t, config.grace_period))
+               for t in trials) >= target:
+            raise SearchComplete(f"trial {trial.number} is not needed: the search has its {target} trials without it")
+        return run_trial(trial, digits, config, deadline)
+
     def stop_when_done(study, trial):
-        if search_done(study, target, deadline, config.heartbeat_interval):
+        if search_done(study, target, deadline, config.grace_period, config.heartbeat_interval):
             study.stop()
 
     # gc after each trial: a network and its traced functions are held in reference cycles.
-    study.optimize(lambda trial: run_trial(trial, digits, config, deadline), timeout=config.timeout or None,
+    study.optimize(objective, timeout=config.timeout or None, catch=(SearchComplete,),
                    callbacks=[print_trial, stop_when_done], gc_after_trial=True)
 
 
@@ -266,8 +288,11 @@ def run_workers(study, config):
                                 env=WORKER_ENVIRONMENT) for _ in range(config.workers)]
     try:
         ended = [worker.wait() for worker in workers]
-    except KeyboardInterrupt:  # the workers had it too: let them end their trials as a lone run does
-        ended = [worker.wait() for worker in workers]
+    except KeyboardInterrupt:  # the workers had it too: they end as a lone run does
+        for worker in workers:
+            worker.wait()
+        print(f"\ninterrupted: the finished trials are kept in {config.storage}; the same command resumes")
+        return 0
     for number, (worker, code) in enumerate(zip(workers, ended), 1):
         if code:
             print(f"worker {number} (pid {worker.pid}) ended with {f'signal {-code}' if code < 0 else f'code {code}'}")

@@ -46,6 +46,7 @@ import tune  # noqa: E402
 from benchmarks.postgres import throwaway_server  # noqa: E402
 
 CORES = sorted(os.sched_getaffinity(0))[:2]
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # its studies are the benchmark's own business
 load_at_start = os.getloadavg()[0]
 
 
@@ -71,7 +72,7 @@ def search(url, n_workers):
     command = [sys.executable, str(REPO / "tune.py"), "--storage", url, "--study", name, "--trials", str(trials),
                "--rows", str(rows), "--max_n_epochs", str(max_n_epochs), "--no-report"]
     start = time.time()
-    workers = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+    workers = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, env=tune.WORKER_ENVIRONMENT,
                                 preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}))
                for core in CORES[:n_workers]]
     if any(worker.wait() for worker in workers):

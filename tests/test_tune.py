@@ -5,6 +5,7 @@ import math
 import threading
 import time
 import warnings
+from datetime import datetime, timedelta
 
 import optuna
 import pytest
@@ -283,11 +284,11 @@ def test_a_worker_waits_for_a_trial_running_elsewhere_that_would_make_up_the_tar
     made_up_trials(study, TrialState.COMPLETE)
     elsewhere = study.ask()
     elsewhere.set_user_attr("worker", "elsewhere:1")  # as run_trial names it
-    assert tune.search_done(study, target, deadline=time.time() + 0.5, poll_seconds=0.1)  # waited to the deadline
+    assert tune.search_done(study, target, time.time() + 0.5, grace_period=60, poll_seconds=0.1)  # waited to the deadline
     finishing = threading.Timer(0.5, lambda: study.tell(elsewhere, 0.5))
     finishing.start()
     started = time.time()
-    assert tune.search_done(study, target, deadline=math.inf, poll_seconds=0.1)
+    assert tune.search_done(study, target, math.inf, grace_period=60, poll_seconds=0.1)
     assert time.time() - started >= 0.5
     finishing.join()
 
@@ -299,17 +300,35 @@ def test_a_worker_goes_on_while_the_trials_running_cannot_make_up_the_target(tmp
     target, _ = tune.join_search(study, config)
     made_up_trials(study, TrialState.COMPLETE, TrialState.FAIL)
     study.ask().set_user_attr("worker", "elsewhere:1")
-    assert not tune.search_done(study, target, deadline=time.time() + 5, poll_seconds=0.1)  # a wait ends True
+    assert not tune.search_done(study, target, time.time() + 5, grace_period=60, poll_seconds=0.1)  # a wait ends True
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_trial_whose_worker_died_before_its_heartbeat_began_is_not_waited_for(tmp_path):
     config = settings(f"sqlite:///{tmp_path}/tuning.db", "no heartbeat", trials=2)
     study = optuna.create_study(storage=tune.open_storage(config), study_name="no heartbeat", direction="maximize")
     target, _ = tune.join_search(study, config)
     made_up_trials(study, TrialState.COMPLETE)
-    study.ask()  # RUNNING for ever: no heartbeat will go stale, no worker named
-    assert not tune.search_done(study, target, deadline=time.time() + 5, poll_seconds=0.1)  # a wait ends True
+    # Running for ever, taken a minute and a half ago: no heartbeat will go stale, no worker was named.
+    study.add_trial(optuna.trial.FrozenTrial(
+        number=0, trial_id=0, state=TrialState.RUNNING, value=None, params={}, distributions={}, user_attrs={},
+        system_attrs={}, intermediate_values={}, datetime_start=datetime.now() - timedelta(seconds=90),
+        datetime_complete=None))
+    assert not tune.search_done(study, target, time.time() + 5, grace_period=60, poll_seconds=0.1)  # a wait ends True
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_taken_when_the_trials_before_it_make_up_the_target_is_failed_unrun(tmp_path, monkeypatch):
+    config = settings(f"sqlite:///{tmp_path}/tuning.db", "one too many", trials=2)
+    study = optuna.create_study(storage=tune.open_storage(config), study_name="one too many", direction="maximize")
+    tune.join_search(study, config)
+    made_up_trials(study, TrialState.COMPLETE)
+    study.ask().set_user_attr("worker", "elsewhere:1")  # taken just after this worker found the search 1 short
+    answers = iter([False, True])
+    monkeypatch.setattr(tune, "search_done", lambda *_: next(answers))
+    tune.search(study, None, config)  # no digits: it trains nothing
+    last = study.trials[-1]
+    assert last.state == TrialState.FAIL and "params" not in last.user_attrs
+    assert len(study.trials) == 3
 
 
 def test_trials_0_writes_the_results_of_the_study_as_it_stands_and_runs_no_trial(two_sessions, capsys):

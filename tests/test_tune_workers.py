@@ -42,11 +42,11 @@ def trials_of(url, study):
 
 
 def second_trial_of_a_worker(trials):
-    """The pid of a worker running its second trial, its first finished, or None."""
+    """The pid of a worker training its second trial (its network drawn), its first finished, or None."""
     workers = [t.user_attrs.get("worker") for t in trials]
     for trial in trials:
         worker = trial.user_attrs.get("worker")
-        if trial.state == TrialState.RUNNING and worker and workers.count(worker) == 2 and any(
+        if trial.state == TrialState.RUNNING and "params" in trial.user_attrs and workers.count(worker) == 2 and any(
                 t.state == TrialState.COMPLETE and t.user_attrs.get("worker") == worker for t in trials):
             return int(worker.rsplit(":", 1)[1])
     return None
@@ -100,7 +100,7 @@ def test_both_workers_finish_trials(search_with_a_worker_killed):
 def test_a_worker_killed_mid_trial_has_its_trial_failed_and_run_again_by_the_other(search_with_a_worker_killed):
     code, output, trials, killed = search_with_a_worker_killed
     assert killed, output
-    (lost,) = [t for t in trials if t.state == TrialState.FAIL]
+    (lost,) = [t for t in trials if t.state == TrialState.FAIL and "params" in t.user_attrs]  # not one unrun
     assert lost.user_attrs["worker"].endswith(f":{killed}")
     (again,) = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == lost.number]
     assert again.state in (TrialState.COMPLETE, TrialState.PRUNED) and again.params == lost.params
