@@ -2,18 +2,19 @@
 this machine, standing in for a machine of its own; the study lives in a throwaway PostgreSQL server
 (benchmarks/postgres.py), as on several machines.
 
-    python benchmarks/tune_workers.py            # 12 trials of 1,000 digits and 1 epoch, one worker then two
+    python benchmarks/tune_workers.py            # 16 trials of 2,000 digits and 1 epoch, one worker then two
     python benchmarks/tune_workers.py --quick    # a smoke run of 4 tiny trials; its numbers mean nothing
 
 Both searches run the same trials: the benchmark queues `--trials` networks drawn once from tune.py's search space
 (seeded), and each worker takes the next queued one. Measured for each: the search's seconds, from the first
 trial's start to the last trial's end as the study records them, and the wall seconds from the workers' launch to
-their exit (which adds each worker's start-up: loading TensorFlow and the digits). The target is two workers in at
-most 0.6 of one worker's search seconds. Prints a table and writes benchmarks/results/tune_workers.json.
+their exit (which adds each worker's start-up, loading TensorFlow and the digits, and the up to 10 s, tune.py's
+heartbeat_interval, that a worker with no trial left waits before it sees the search done). The target is two
+workers in at most 0.6 of one worker's search seconds. Prints a table and writes benchmarks/results/tune_workers.json.
 """
 # ---- settings: each is also a flag, e.g. --trials 20 ----
-trials = 12              # trials in each search
-rows = 1000              # train.csv rows each trial uses
+trials = 16              # trials in each search
+rows = 2000              # train.csv rows each trial uses
 max_n_epochs = 1         # per trial
 seed = 42                # the networks drawn
 out = ""                 # the JSON's path (relative to the repo); default: benchmarks/results/tune_workers.json,
