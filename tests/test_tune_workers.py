@@ -33,8 +33,7 @@ def postgres_url():
         pytest.skip(f"no PostgreSQL server to test against: {missing}")
 
 
-def trials_of(url, study):
-    storage = url.replace("postgresql://", "postgresql+psycopg://")
+def trials_of(storage, study):
     try:
         return optuna.load_study(study_name=study, storage=storage).trials
     except KeyError:  # not created yet
@@ -61,10 +60,12 @@ def search_with_a_worker_killed(postgres_url, tmp_path_factory):
         tune = subprocess.Popen([sys.executable, str(REPO / "tune.py"), "--storage", postgres_url, "--study",
                                  "workers", *WORKERS], cwd=workdir, stdout=output, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    # One storage for all the looks: each would open connections of its own, and the server has 50.
+    storage = optuna.storages.RDBStorage(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
     killed, give_up = None, time.time() + 180
     try:
         while killed is None and tune.poll() is None and time.time() < give_up:
-            killed = second_trial_of_a_worker(trials_of(postgres_url, "workers"))
+            killed = second_trial_of_a_worker(trials_of(storage, "workers"))
             if killed:
                 os.kill(killed, signal.SIGKILL)
             time.sleep(0.1)
@@ -74,7 +75,9 @@ def search_with_a_worker_killed(postgres_url, tmp_path_factory):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(tune.pid, signal.SIGKILL)
     tune.wait()
-    return tune.returncode, (workdir / "output").read_text(), trials_of(postgres_url, "workers"), killed
+    trials = trials_of(storage, "workers")
+    storage.engine.dispose()
+    return tune.returncode, (workdir / "output").read_text(), trials, killed
 
 
 def test_the_search_ends_with_exactly_the_finished_trials_asked_for(search_with_a_worker_killed):
