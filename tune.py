@@ -65,6 +65,7 @@ BATCH_SIZES = (32, 64, 128, 256)
 LEARNING_RATES = {"adam": (1e-4, 1e-2), "nadam": (1e-4, 1e-2), "adadelta": (0.1, 3.0)}
 
 MODEL_DIR, RESOURCES_DIR = "model", "resources"
+import contextlib
 import json
 import math
 import os
@@ -450,8 +451,11 @@ def parse_flags(argv):
 
 def main(argv=None):
     config = parse_flags(sys.argv[1:] if argv is None else argv)
-    try:  # a full disk, met by the study's database or by the results' files: one line
-        with files.writing(config.storage.removeprefix("sqlite:///"), "the study"):
+    # A full disk, met by the study's SQLite file or by the results' files: one line. A database server's disk is
+    # the server's to report.
+    study_file = config.storage.removeprefix("sqlite:///") if config.storage.startswith("sqlite:///") else None
+    try:
+        with files.writing(study_file, "the study") if study_file else contextlib.nullcontext():
             return search_and_report(config)
     except files.DiskFull as error:
         print(f"error: {error}", file=sys.stderr)
