@@ -9,8 +9,10 @@ Both searches run the same trials: the benchmark queues `--trials` networks draw
 (seeded), and each worker takes the next queued one. Measured for each: the search's seconds, from the first
 trial's start to the last trial's end as the study records them, and the wall seconds from the workers' launch to
 their exit (which adds each worker's start-up, loading TensorFlow and the digits, and the up to 10 s, tune.py's
-heartbeat_interval, that a worker with no trial left waits before it sees the search done). The target is two
-workers in at most 0.6 of one worker's search seconds. Prints a table and writes benchmarks/results/tune_workers.json.
+heartbeat_interval, that a worker with no trial left waits before it sees the search done), and the seconds the
+trials took, added up: the same work, so two workers on free cores take as long as one, and more where other
+programs share the cores. The target is two workers in at most 0.6 of one worker's search seconds. Prints a table
+and writes benchmarks/results/tune_workers.json.
 """
 # ---- settings: each is also a flag, e.g. --trials 20 ----
 trials = 16              # trials in each search
@@ -82,10 +84,12 @@ def search(url, n_workers):
     done = [t for t in study.get_trials(deepcopy=False) if t.state in tune.FINISHED]
     search_seconds = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
     by_worker = sorted(sum(t.user_attrs["worker"] == w for t in done) for w in {t.user_attrs["worker"] for t in done})
+    trial_seconds = sum(t.duration.total_seconds() for t in done)
     print(f"{n_workers} worker(s) on core(s) {CORES[:n_workers]}: {len(done)} trials in {search_seconds:.1f} s of "
-          f"search, {wall_seconds:.1f} s wall (trials per worker: {by_worker})", flush=True)
+          f"search, {wall_seconds:.1f} s wall, {trial_seconds:.1f} s in trials (trials per worker: {by_worker})",
+          flush=True)
     return dict(workers=n_workers, cores=CORES[:n_workers], search_seconds=search_seconds, wall_seconds=wall_seconds,
-                trials_by_worker=by_worker)
+                trial_seconds=trial_seconds, trials_by_worker=by_worker)
 
 
 NETWORKS = drawn_networks()
@@ -96,11 +100,13 @@ wall_ratio = runs[1]["wall_seconds"] / runs[0]["wall_seconds"]
 
 print(f"\n{trials} trials of {rows} rows and {max_n_epochs} epoch(s); each worker held to one core; load average "
       f"{load_at_start:.1f} at the start")
-print(f"{'workers':>7} {'search (s)':>11} {'wall (s)':>9}   trials per worker")
+print(f"{'workers':>7} {'search (s)':>11} {'wall (s)':>9} {'in trials (s)':>14}   trials per worker")
 for run in runs:
-    print(f"{run['workers']:>7} {run['search_seconds']:>11.1f} {run['wall_seconds']:>9.1f}   {run['trials_by_worker']}")
+    print(f"{run['workers']:>7} {run['search_seconds']:>11.1f} {run['wall_seconds']:>9.1f} "
+          f"{run['trial_seconds']:>14.1f}   {run['trials_by_worker']}")
 print(f"two workers / one: {search_ratio:.2f} of the search time (target: at most 0.6), {wall_ratio:.2f} of the wall "
-      f"time")
+      f"time; the same trials took {runs[1]['trial_seconds'] / runs[0]['trial_seconds']:.2f} times as long to train "
+      f"(1 where the two cores are free)")
 
 results = dict(
     settings=dict(trials=trials, rows=rows, max_n_epochs=max_n_epochs, seed=seed, quick=quick),
