@@ -186,9 +186,9 @@ class SearchComplete(Exception):
 
 
 def in_flight(trial, grace_period):
-    """Whether a trial is running and will finish: once run_trial names its worker, its heartbeat has begun and
-    goes stale if the worker is lost; a trial unnamed after grace_period seconds lost its worker before that, and
-    nothing will ever fail it."""
+    """Whether a trial is running and will finish: once its worker is named (the first thing a trial does), its
+    heartbeat has begun and goes stale if the worker is lost; a trial unnamed after grace_period seconds lost its
+    worker before that, and nothing will ever fail it."""
     if trial.state != TrialState.RUNNING:
         return False
     return "worker" in trial.user_attrs or (datetime.now() - trial.datetime_start).total_seconds() < grace_period
