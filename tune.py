@@ -3,29 +3,51 @@
     python tune.py --trials 50 --timeout 3600     # 50 more trials or an hour, whichever comes first
     python tune.py --quick                         # a smoke run of a couple of minutes on 3,000 digits
     python run.py --params model/best_params.json  # then train the winner
+    python tune.py --workers 2                     # two workers on this machine, on the one study
+    python tune.py --storage postgresql://me@db-host/tuning   # on each of several machines
+    python tune.py --trials 0                      # no trials: the tables and pictures of the study as it stands
 
 Each trial draws a network (2-3 conv layers of 32-256 filters of 3x3-7x7, 1-2 dense layers of 64-512 units)
 and a recipe (optimiser, learning rate, dropout, batch size), trains it on train.csv's training split and scores
 it by its best validation accuracy. Optuna's TPE proposes the next trial from the ones before; a trial whose
 accuracy after an epoch trails the median of the finished trials' at that epoch is pruned there, so a bad
 network costs one epoch, not all of them. The study lives in a SQLite database: every finished trial is kept,
-the same command resumes an interrupted search, and several processes can share one study.
+and the same command resumes an interrupted search.
+
+Several workers share one study, on this machine (--workers K) or on several (--storage postgresql://USER@HOST/DB
+on each; README: several machines); Optuna hands each trial to one worker. A search counts finished trials
+(pruned ones included): --trials N fixes its target when it starts, N more than the study has, and every worker
+that joins it, or resumes it after Ctrl-C or a time limit, works to that same target, waiting for the last
+trials running elsewhere rather than start one too many. --timeout bounds each worker, on its own clock. A
+worker lost mid-trial (kill -9, a machine gone) stops giving its heartbeat; after --grace_period seconds another
+worker marks its trial failed and runs its params again, so the search still ends with its N trials.
 
 Writes resources/tuning.md (the best and worst 10 trials), resources/tuning_history.png,
 resources/tuning_accuracies.png and model/best_params.json; a --quick smoke run writes the same names ending in
 _quick (tuning_quick.md, ..., best_params_quick.json), never over a real search's.
 """
 # ---- settings: each is also a flag, e.g. --trials 20 ----
-trials = 100                          # trials to run now, on top of those already in the study
-timeout = 0                           # seconds; 0: no limit. A trial still training then is stopped there
+trials = 100                          # finished trials (pruned ones count) this search adds to the study; a worker
+                                      # joining a search under way, or resuming one cut short, works to its count.
+                                      # 0: no trials, only the tables and pictures of the study as it stands
+timeout = 0                           # seconds, for each worker on its own clock; 0: no limit. A trial still
+                                      # training then is stopped there
+workers = 1                           # worker processes to start on this machine, all on the one study
+report = True                         # write the tables and pictures at the end (--no-report: leave them to others)
 max_n_epochs = 10                     # per trial; the one-cycle schedule spans them
 patience = 3                          # a trial stops after this many epochs without a better validation accuracy
 rows = 0                              # use the first this many digits of train.csv; 0: all
 prune_after = 5                       # finished trials before pruning starts: the median needs a few to mean much
-storage = "sqlite:///model/tuning.db"   # where the study lives (an Optuna storage URL)
+storage = "sqlite:///model/tuning.db"   # where the study lives: an Optuna storage URL, e.g.
+                                        # postgresql://USER@HOST/DB for workers on several machines
 study = "digit-recognizer"            # the study's name in the storage
 percent_data_for_training = 90        # of the digits, to train each trial; the rest scores it
 seed = 42                             # the split, every trial's initial weights and data order, the sampler
+                                      # of a search's first worker (one that joins draws its own)
+heartbeat_interval = 10               # seconds between a running trial's signs of life in the storage
+grace_period = 60                     # seconds without one after which its worker counts as lost: the trial is
+                                      # failed and its params tried again
+max_retry = 3                         # times a lost trial's params are tried again
 quick = False                         # 3,000 digits, 2 epochs a trial, 10 trials, at most 120 s: a smoke run
 # ------------------------------------------------------------------------------
 QUICK = dict(rows=3000, max_n_epochs=2, trials=10, timeout=120, prune_after=3, study="digit-recognizer-quick")
@@ -43,15 +65,21 @@ BATCH_SIZES = (32, 64, 128, 256)
 LEARNING_RATES = {"adam": (1e-4, 1e-2), "nadam": (1e-4, 1e-2), "adadelta": (0.1, 3.0)}
 
 MODEL_DIR, RESOURCES_DIR = "model", "resources"
+import contextlib
 import json
 import math
 import os
+import socket
+import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
+from datetime import datetime
 
 from devices import compute_dtype, import_tensorflow
 
+WORKER_ENVIRONMENT = dict(os.environ)  # as given: import_tensorflow sets what would keep the workers' start-up noisy
 tf = import_tensorflow()
 import numpy as np
 import optuna
@@ -103,18 +131,86 @@ def write_params(path, params):
 
 # ---- the search ----
 
+# What a search counts: a trial that ran to its end or was pruned. A failed one (its worker lost, or Ctrl-C) counts
+# for nothing; a lost worker's params are queued again.
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def open_storage(config):
+    """config.storage with Optuna's heartbeat: a trial whose worker has given no sign of life for
+    config.grace_period seconds is failed by the next worker to look, and its params are queued again (up to
+    config.max_retry times). postgresql:// is read as postgresql+psycopg://, the driver requirements.txt installs."""
+    url = config.storage
+    if url.startswith("sqlite:///"):  # SQLite makes the file but not its directory
+        os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    # Optuna calls its heartbeat experimental, and warns so.
+    with warnings.catch_warnings(category=optuna.exceptions.ExperimentalWarning, action="ignore"):
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=config.heartbeat_interval, grace_period=config.grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry))
+
+
 def open_study(config):
-    """The study config.study in config.storage, created if new, with DEFAULT_TRIAL as its first trial. The
-    sampler's seed counts the trials already there, so that a resumed search goes on to new networks instead of
-    drawing the first ones again."""
-    if config.storage.startswith("sqlite:///"):  # SQLite makes the file but not its directory
-        os.makedirs(os.path.dirname(config.storage.removeprefix("sqlite:///")) or ".", exist_ok=True)
-    study = optuna.create_study(storage=config.storage, study_name=config.study, direction="maximize",
+    """The study config.study in config.storage, created if new, with DEFAULT_TRIAL as its first trial."""
+    study = optuna.create_study(storage=open_storage(config), study_name=config.study, direction="maximize",
                                 load_if_exists=True, pruner=optuna.pruners.MedianPruner(n_startup_trials=config.prune_after))
     if not study.trials:
-        study.enqueue_trial(DEFAULT_TRIAL)
-    study.sampler = optuna.samplers.TPESampler(seed=config.seed + len(study.trials))
+        study.enqueue_trial(DEFAULT_TRIAL, skip_if_exists=True)
     return study
+
+
+def count_finished(study):
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def join_search(study, config):
+    """The search this worker works in -> (its target, the finished trials the study is to have; whether it
+    joined). A search under way, short of its target (other workers', or one cut short by Ctrl-C or a time limit),
+    is joined; else a new one starts, config.trials more than the study has finished."""
+    target, finished = study.user_attrs.get("target"), count_finished(study)
+    if target and finished < target:
+        print(f"joining the search under way: {finished} of its {target} finished trials "
+              f"(--trials counts from a search's start)", flush=True)
+        return target, True
+    target = finished + config.trials
+    study.set_user_attr("target", target)
+    print(f"a new search: {config.trials} more finished trials, to {target}"
+          f"{f', or {config.timeout}s for each worker' if config.timeout else ''}", flush=True)
+    return target, False
+
+
+class SearchComplete(Exception):
+    """A trial taken when the search's target was already met by the trials before it: it is failed unrun."""
+
+
+def in_flight(trial, grace_period):
+    """Whether a trial is running and will finish: once its worker is named (the first thing a trial does), its
+    heartbeat has begun and goes stale if the worker is lost; a trial unnamed after grace_period seconds lost its
+    worker before that, and nothing will ever fail it."""
+    if trial.state != TrialState.RUNNING:
+        return False
+    return "worker" in trial.user_attrs or (datetime.now() - trial.datetime_start).total_seconds() < grace_period
+
+
+def search_done(study, target, deadline, grace_period, poll_seconds):
+    """Whether this worker should start no more trials: the study has its target of finished trials, or the
+    deadline (time.time() seconds) has passed. While the trials running elsewhere would make up the target, it waits
+    for them rather than start one too many, and fails those whose worker was lost (Optuna's heartbeat): their
+    params come back as waiting trials, and it runs them."""
+    while time.time() < deadline:
+        with warnings.catch_warnings(category=optuna.exceptions.ExperimentalWarning, action="ignore"):
+            optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in FINISHED for t in trials)
+        running = sum(in_flight(t, grace_period) for t in trials)
+        if finished >= target:
+            return True
+        if finished + running < target:
+            return False
+        time.sleep(poll_seconds)
+    return True
 
 
 def run_trial(trial, digits, config, deadline):
@@ -149,11 +245,61 @@ def run_trial(trial, digits, config, deadline):
 
 
 def search(study, digits, config):
-    """Run up to config.trials more trials of the study, for at most config.timeout seconds (0: no limit)."""
+    """Run trials of the study until its search has its target (join_search), for at most config.timeout seconds
+    (0: no limit)."""
     deadline = time.time() + config.timeout if config.timeout else math.inf
+    target, joined = join_search(study, config)
+    # A search's first worker draws from config.seed, so that a lone search repeats; a worker that joins draws from
+    # the system, else workers started together would draw the same networks.
+    study.sampler = optuna.samplers.TPESampler(seed=None if joined else config.seed + len(study.trials))
+    if search_done(study, target, deadline, config.grace_period, config.heartbeat_interval):
+        return
+
+    def objective(trial):
+        """run_trial, unless the trials before this one make up the target: two workers that found the search one
+        trial short at the same moment both took one."""
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state in FINISHED or (t.number < trial.number and in_flight(t, config.grace_period))
+               for t in trials) >= target:
+            raise SearchComplete(f"trial {trial.number} is not needed: the search has its {target} trials without it")
+        return run_trial(trial, digits, config, deadline)
+
+    def stop_when_done(study, trial):
+        if search_done(study, target, deadline, config.grace_period, config.heartbeat_interval):
+            study.stop()
+
     # gc after each trial: a network and its traced functions are held in reference cycles.
-    study.optimize(lambda trial: run_trial(trial, digits, config, deadline), n_trials=config.trials,
-                   timeout=config.timeout or None, callbacks=[print_trial], gc_after_trial=True)
+    study.optimize(objective, timeout=config.timeout or None, catch=(SearchComplete,),
+                   callbacks=[print_trial, stop_when_done], gc_after_trial=True)
+
+
+def worker_flags(config):
+    """The flags that make a lone worker of this config: every setting as given, but --workers 1 --no-report."""
+    given = {**vars(config), "workers": 1, "report": False}
+    return [f"--{name}" if value is True else f"--no-{name}" if value is False else f"--{name}={value}"
+            for name, value in given.items()]
+
+
+def run_workers(study, config):
+    """config.workers lone workers of this script on the study, each a process of its own, after starting their
+    search (join_search); -> the exit code: 0 once the search has its target, whatever became of the workers."""
+    target, _ = join_search(study, config)
+    workers = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *worker_flags(config)],
+                                env=WORKER_ENVIRONMENT) for _ in range(config.workers)]
+    try:
+        ended = [worker.wait() for worker in workers]
+    except KeyboardInterrupt:  # the workers had it too: they end as a lone run does
+        for worker in workers:
+            worker.wait()
+        print(f"\ninterrupted: the finished trials are kept in {config.storage}; the same command resumes")
+        return 0
+    for number, (worker, code) in enumerate(zip(workers, ended), 1):
+        if code:
+            print(f"worker {number} (pid {worker.pid}) ended with {f'signal {-code}' if code < 0 else f'code {code}'}")
+    finished = count_finished(study)
+    print(f"study {config.study}: {finished} of the search's {target} finished trials", flush=True)
+    return 0 if finished >= target else 1
 
 
 # ---- what it found ----
@@ -285,11 +431,19 @@ def parse_flags(argv):
     if parser.parse_known_args(argv)[0].quick:
         parser.set_defaults(**QUICK)
     config = parser.parse_args(argv)
-    for name in ("trials", "max_n_epochs", "patience"):
+    for name in ("max_n_epochs", "patience"):
         if getattr(config, name) < 1:
             parser.error(f"--{name} {getattr(config, name)}: must be at least 1")
-    if config.timeout < 0 or config.prune_after < 0:
-        parser.error("--timeout and --prune_after must be 0 or more")
+    for name in ("workers", "heartbeat_interval", "grace_period"):
+        if getattr(config, name) < 1:
+            parser.error(f"--{name} {getattr(config, name)}: must be at least 1")
+    if min(config.trials, config.timeout, config.prune_after, config.max_retry) < 0:
+        parser.error("--trials, --timeout, --prune_after and --max_retry must be 0 or more")
+    if config.trials == 0 and not config.report:
+        parser.error("--trials 0 --no-report: nothing to do")
+    if config.grace_period <= config.heartbeat_interval:
+        parser.error(f"--grace_period {config.grace_period}: must be longer than --heartbeat_interval "
+                     f"{config.heartbeat_interval}, or a worker alive would count as lost")
     if config.rows and config.rows < 100:
         parser.error(f"--rows {config.rows}: must be 0 (all) or at least 100, for a validation split of every digit")
     return config
@@ -297,8 +451,11 @@ def parse_flags(argv):
 
 def main(argv=None):
     config = parse_flags(sys.argv[1:] if argv is None else argv)
-    try:  # a full disk, met by the study's database or by the results' files: one line
-        with files.writing(config.storage.removeprefix("sqlite:///"), "the study"):
+    # A full disk, met by the study's SQLite file or by the results' files: one line. A database server's disk is
+    # the server's to report.
+    study_file = config.storage.removeprefix("sqlite:///") if config.storage.startswith("sqlite:///") else None
+    try:
+        with files.writing(study_file, "the study") if study_file else contextlib.nullcontext():
             return search_and_report(config)
     except files.DiskFull as error:
         print(f"error: {error}", file=sys.stderr)
@@ -328,15 +485,21 @@ def search_and_report(config):
               f"{settings}; resume it with those or start another with --study NAME", file=sys.stderr)
         return 2
     tuning.set_user_attr("settings", settings)
-    print(f"study {config.study} in {config.storage}: {len(tuning.trials)} trials so far; up to {config.trials} more"
-          f"{f' or {config.timeout}s' if config.timeout else ''}, {config.max_n_epochs} epochs each, on "
-          f"{len(digits[1])} training and {len(digits[3])} validation digits", flush=True)
-    try:
-        search(tuning, digits, config)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: the finished trials are kept in {config.storage}; the same command resumes")
-    write_results(tuning, suffix="_quick" if config.quick else "")
-    return 0
+    print(f"study {config.study} in {config.storage}: {len(tuning.trials)} trials so far, {config.max_n_epochs} "
+          f"epochs each, on {len(digits[1])} training and {len(digits[3])} validation digits", flush=True)
+    code = 0
+    if config.trials == 0:
+        print("--trials 0: no trials, the study's results as they stand")
+    elif config.workers > 1:
+        code = run_workers(tuning, config)
+    else:
+        try:
+            search(tuning, digits, config)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the finished trials are kept in {config.storage}; the same command resumes")
+    if config.report:
+        write_results(tuning, suffix="_quick" if config.quick else "")
+    return code
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ WRITTEN = ["submission.csv", "model/saved_model.1/saved_model.pb", "model/best_p
            "resources/compare.png", "resources/tuning.md", "resources/hardest_digits.png",
            "benchmarks/results/speed.json", "benchmarks/results/time_to_accuracy.json",
            "benchmarks/results/holdout.json", "benchmarks/results/holdout_ensemble3.json",
-           "benchmarks/results/photos.json", "benchmarks/results/serve_load.json"]
+           "benchmarks/results/photos.json", "benchmarks/results/serve_load.json",
+           "benchmarks/results/tune_workers.json"]
 
 
 def git(directory, *args):

@@ -18,7 +18,7 @@ PRODUCT = sorted(path for path in [*REPO.glob("*.py"), *REPO.glob("benchmarks/*.
 MODULES = {path.stem for path in REPO.glob("*.py")}
 SCRIPTS = ["run.py", "tune.py", "experiments.py", "report.py", "predict.py", "serve.py", "benchmarks/speed.py",
            "benchmarks/time_to_accuracy.py", "benchmarks/holdout.py", "benchmarks/hardest.py",
-           "benchmarks/serve_load.py"]
+           "benchmarks/serve_load.py", "benchmarks/tune_workers.py"]
 MOST_LINES, MOST_PARAMETERS = 60, 8
 # What a lab notebook says and a comment should not: the machine a figure was measured on, holdout folds and their
 # error counts, speed-ups measured "here", and the history of a choice. Instruction-set names (AVX512, AMX) are

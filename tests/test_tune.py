@@ -1,8 +1,11 @@
 """tune.py: the search space builds networks that learn, the study resumes and prunes, the results are written."""
 import contextlib
 import json
+import math
+import threading
 import time
 import warnings
+from datetime import datetime, timedelta
 
 import optuna
 import pytest
@@ -244,3 +247,96 @@ def test_a_quick_run_says_it_is_a_smoke_run_and_writes_only_its_own_quick_files(
         "tuning_accuracies_quick.png", "tuning_history_quick.png", "tuning_quick.md"]
     assert sorted(path.name for path in (tmp_path / "model").iterdir()) == ["best_params_quick.json", "tuning.db"]
 
+
+
+# ---- a search: its target of finished trials, shared by its workers ----
+
+def made_up_trials(study, *states):
+    """Trials of these states added to the study, as workers leave them (no training: these tests are about the
+    count)."""
+    for state in states:
+        value = 0.5 if state == TrialState.COMPLETE else None
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, params={}, distributions={}))
+
+
+def test_a_new_search_aims_at_trials_more_finished_trials_than_the_study_has(tmp_path):
+    config = settings(f"sqlite:///{tmp_path}/tuning.db", "aim", trials=3)
+    study = tune.open_study(config)  # a new study: the default trial waits, first
+    made_up_trials(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    assert tune.join_search(study, config) == (2 + 3, False)
+
+
+def test_a_search_short_of_its_target_is_joined_whatever_trials_a_worker_is_given(tmp_path):
+    study = tune.open_study(settings(f"sqlite:///{tmp_path}/tuning.db", "join", trials=3))
+    tune.join_search(study, settings(f"sqlite:///{tmp_path}/tuning.db", "join", trials=3))
+    made_up_trials(study, TrialState.COMPLETE, TrialState.FAIL)
+    target, joined = tune.join_search(study, settings(f"sqlite:///{tmp_path}/tuning.db", "join", trials=10))
+    assert joined and target == 3
+    made_up_trials(study, TrialState.COMPLETE, TrialState.PRUNED)  # its target reached: the next search is new
+    assert tune.join_search(study, settings(f"sqlite:///{tmp_path}/tuning.db", "join", trials=10))[0] == 13
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the trial running elsewhere: asked here
+def test_a_worker_waits_for_a_trial_running_elsewhere_that_would_make_up_the_target(tmp_path):
+    config = settings(f"sqlite:///{tmp_path}/tuning.db", "wait", trials=2)
+    study = optuna.create_study(storage=tune.open_storage(config), study_name="wait", direction="maximize")
+    target, _ = tune.join_search(study, config)
+    made_up_trials(study, TrialState.COMPLETE)
+    elsewhere = study.ask()
+    elsewhere.set_user_attr("worker", "elsewhere:1")  # as run_trial names it
+    assert tune.search_done(study, target, time.time() + 0.5, grace_period=60, poll_seconds=0.1)  # waited to the deadline
+    finishing = threading.Timer(0.5, lambda: study.tell(elsewhere, 0.5))
+    finishing.start()
+    started = time.time()
+    assert tune.search_done(study, target, math.inf, grace_period=60, poll_seconds=0.1)
+    assert time.time() - started >= 0.5
+    finishing.join()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the trial running elsewhere: asked here
+def test_a_worker_goes_on_while_the_trials_running_cannot_make_up_the_target(tmp_path):
+    config = settings(f"sqlite:///{tmp_path}/tuning.db", "go on", trials=3)
+    study = optuna.create_study(storage=tune.open_storage(config), study_name="go on", direction="maximize")
+    target, _ = tune.join_search(study, config)
+    made_up_trials(study, TrialState.COMPLETE, TrialState.FAIL)
+    study.ask().set_user_attr("worker", "elsewhere:1")
+    assert not tune.search_done(study, target, time.time() + 5, grace_period=60, poll_seconds=0.1)  # a wait ends True
+
+
+def test_a_trial_whose_worker_died_before_its_heartbeat_began_is_not_waited_for(tmp_path):
+    config = settings(f"sqlite:///{tmp_path}/tuning.db", "no heartbeat", trials=2)
+    study = optuna.create_study(storage=tune.open_storage(config), study_name="no heartbeat", direction="maximize")
+    target, _ = tune.join_search(study, config)
+    made_up_trials(study, TrialState.COMPLETE)
+    # Running for ever, taken a minute and a half ago: no heartbeat will go stale, no worker was named.
+    study.add_trial(optuna.trial.FrozenTrial(
+        number=0, trial_id=0, state=TrialState.RUNNING, value=None, params={}, distributions={}, user_attrs={},
+        system_attrs={}, intermediate_values={}, datetime_start=datetime.now() - timedelta(seconds=90),
+        datetime_complete=None))
+    assert not tune.search_done(study, target, time.time() + 5, grace_period=60, poll_seconds=0.1)  # a wait ends True
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_taken_when_the_trials_before_it_make_up_the_target_is_failed_unrun(tmp_path, monkeypatch):
+    config = settings(f"sqlite:///{tmp_path}/tuning.db", "one too many", trials=2)
+    study = optuna.create_study(storage=tune.open_storage(config), study_name="one too many", direction="maximize")
+    tune.join_search(study, config)
+    made_up_trials(study, TrialState.COMPLETE)
+    study.ask().set_user_attr("worker", "elsewhere:1")  # taken just after this worker found the search 1 short
+    answers = iter([False, True])
+    monkeypatch.setattr(tune, "search_done", lambda *_: next(answers))
+    tune.search(study, None, config)  # no digits: it trains nothing
+    last = study.trials[-1]
+    assert last.state == TrialState.FAIL and "params" not in last.user_attrs
+    assert len(study.trials) == 3
+
+
+def test_trials_0_writes_the_results_of_the_study_as_it_stands_and_runs_no_trial(two_sessions, capsys):
+    workdir, _, trials = two_sessions
+    (workdir / "resources" / "tuning.md").unlink()
+    with contextlib.chdir(workdir):
+        assert tune.main(TINY_RUN + ["--trials", "0"]) == 0
+    assert "--trials 0: no trials" in capsys.readouterr().out
+    assert len(optuna.load_study(study_name=tune.study, storage=f"sqlite:///{workdir}/model/tuning.db").trials) \
+        == len(trials)
+    assert f"{len(trials)} trials: " in (workdir / "resources" / "tuning.md").read_text()
