@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from skimage import filters
 
 from photo import to_mnist
 
@@ -146,6 +147,24 @@ def noise(rng, n):
             smooth = np.asarray(coarse.resize((28, 28), Image.Resampling.BICUBIC))
             picture[:] = np.clip((smooth - rng.uniform(0.3, 0.8)) * 4, 0, 1)
     return pictures
+
+
+def remade_digits(digits, n, seed=0):
+    """n of the digits (float32 [N, 28, 28, 1], MNIST's) as a photo's would come out of photo.to_mnist: each
+    enlarged to 40-200 pixels tall, its ink blurred a little and darkened or not, and made 28x28 again. The
+    digit gate learns these as digits too: else it would tell what photo.to_mnist made (every letter it learns)
+    from what it did not (every training digit), and refuse the photographed digits."""
+    rng = np.random.default_rng(seed)
+    pictures = []
+    for digit in digits[rng.choice(len(digits), min(n, len(digits)), replace=False), ..., 0]:
+        rows, columns = np.nonzero(digit > 0.05)
+        box = digit[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
+        height = int(rng.integers(40, 201))
+        width = max(1, round(box.shape[1] * height / box.shape[0]))
+        ink = Image.fromarray(np.float32(box)).resize((width, height), Image.Resampling.BICUBIC)
+        ink = filters.gaussian(np.asarray(ink), sigma=rng.uniform(0, 0.02) * height)
+        pictures.append(to_mnist(np.clip(ink * rng.uniform(1, 2), 0, 1)))
+    return np.stack(pictures)[..., None]
 
 
 def _made_mnist(canvas):

@@ -112,11 +112,15 @@ class DigitNet(tf.Module):
         return [tf.reduce_mean(block1, axis=[1, 2]), tf.reduce_mean(block2, axis=[1, 2]), flatten(block3), dense]
 
 
+INK = 0.3  # the digit gate reads a pixel at least this light as ink, and any other as paper
+
+
 class DigitGate(tf.Module):
     """Is it a digit at all? A small network beside the classifier, trained on digits against what is no digit
     (letters, scribbles, blobs, specks, noise: train.train_digit_gate), so that the classifier stays as it was:
 
-        28x28x1  -> conv 5x5 16 -> maxpool, BN, ReLU -> 14x14x16
+        28x28x1  -> ink (1) or not (0), at INK
+                 -> conv 5x5 16 -> maxpool, BN, ReLU -> 14x14x16
                  -> conv 3x3 32 -> maxpool, BN, ReLU ->  7x7x32
                  -> conv 3x3 64 -> maxpool, BN, ReLU ->  3x3x64 -> flatten 576
                  -> dense 64, BN, ReLU -> dense 1: the logit of "a digit" -> [batch]
@@ -137,7 +141,9 @@ class DigitGate(tf.Module):
         self.bias2 = tf.Variable(tf.zeros([1]))
 
     def __call__(self, images, training=False):
-        x = conv_pool_bn_relu(images, self.conv1, self.bn1, training)
+        # The ink's shape alone: how a picture was made 28x28 (its soft edges, its contrast) is no sign of a digit.
+        x = tf.cast(images > INK, images.dtype)
+        x = conv_pool_bn_relu(x, self.conv1, self.bn1, training)
         x = conv_pool_bn_relu(x, self.conv2, self.bn2, training)
         x = conv_pool_bn_relu(x, self.conv3, self.bn3, training)
         with tf.name_scope("dense"):

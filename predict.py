@@ -8,7 +8,7 @@ One line per picture:
     year.jpg: 2026  (2 0.99, 0 0.97, 2 0.98, 6 0.95)     a number written in a row, each digit read in turn
     scribble.png: ?  (no digit: the model is unsure, at best 4 0.41)
     letter_h.png: ?  (no digit: unlike the digits the model learnt (novelty above 1.7), at best 4 0.89 novelty 2.27)
-    letter_k.png: ?  (no digit: not a digit to the digit gate (below 0.9), at best 4 0.87 gate 0.02)
+    letter_k.png: ?  (no digit: not a digit to the digit gate (below 0.3), at best 4 0.87 gate 0.02)
 A digit of a number that the model is unsure of, that is unlike the digits it learnt, or that the digit gate
 (a small network run.py trains beside the classifier, on digits against letters, scribbles, blobs and noise)
 says is no digit, shows as ? (and "4? 0.41" in the brackets).
@@ -45,7 +45,7 @@ SAVED_MODEL = "model/saved_model"
 # The calibration and its figures: docs/photos.md.
 MIN_CONFIDENCE = 0.5
 MAX_NOVELTY = 1.7
-MIN_DIGIT_PROBABILITY = 0.9
+MIN_DIGIT_PROBABILITY = 0.3
 
 
 @dataclass

@@ -296,14 +296,17 @@ def write_outputs(config, members, history, split, test_images, run_name):
 def train_digit_gate(train_images, seed):
     """The digit gate (model.DigitGate), trained on the training digits against as many pictures of no digit
     (letters.non_digit_pictures, at most letters.NON_DIGITS of them) -> the gate. The classifier is not touched."""
+    import numpy as np
+
     import letters
     import train
     from model import DigitGate
 
     started = time.time()
     non_digits = letters.non_digit_pictures(min(len(train_images), letters.NON_DIGITS), seed)
+    digits = np.concatenate([train_images, letters.remade_digits(train_images, letters.NON_DIGITS, seed)])
     gate = DigitGate(seed=seed)
-    train.train_digit_gate(gate, train_images, non_digits, seed)
+    train.train_digit_gate(gate, digits, non_digits, seed)
     print(f"digit gate: {len(train_images)} digits against {len(non_digits)} pictures of no digit (letters, "
           f"scribbles, blobs, specks, noise), {time.time() - started:.0f}s")
     return gate

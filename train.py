@@ -26,7 +26,7 @@ import tensorflow as tf
 
 import files
 from tools import (TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer, Nadam,
-                   data_augmentation, one_cycle_learning_rate, random_generator)
+                   data_augmentation, one_cycle_learning_rate, photo_remnants, random_generator)
 
 EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
@@ -598,7 +598,7 @@ def log_epoch(writers, model, record):
 
 # ---- the digit gate ---------------------------------------------------------------------------------------
 
-GATE_EPOCHS = 1.5        # passes over the training digits, in steps of GATE_BATCH_SIZE: half digits, half no digit
+GATE_EPOCHS = 3          # passes over the training digits, in steps of GATE_BATCH_SIZE: half digits, half no digit
 GATE_BATCH_SIZE = 256
 GATE_LEARNING_RATE = 3e-3  # Adam's, the one-cycle schedule's peak
 # the elastic distortion bends font letters and scribbles as a hand would, digits alike
@@ -609,7 +609,7 @@ GATE_AUGMENTATION = dict(max_rotation_degrees=15.0, max_shift_fraction=0.1, max_
 def train_digit_gate(gate, digits, non_digits, seed, epochs=GATE_EPOCHS):
     """Train model.DigitGate in place to tell digits (float32 [N, 28, 28, 1], the classifier's training digits)
     from non_digits ([M, 28, 28, 1], letters.non_digit_pictures): each step draws as many of each at random,
-    augments them alike (GATE_AUGMENTATION) and descends the mean sigmoid cross-entropy of the logit against 1 for
+    augments them alike (GATE_AUGMENTATION, then tools.photo_remnants) and descends the mean sigmoid cross-entropy of the logit against 1 for
     a digit, 0 for none, by Adam on a one-cycle schedule, for `epochs` passes over the digits. -> the last
     step's loss."""
     steps = max(1, math.ceil(epochs * len(digits) / (GATE_BATCH_SIZE // 2)))
@@ -622,7 +622,7 @@ def train_digit_gate(gate, digits, non_digits, seed, epochs=GATE_EPOCHS):
     def step():
         drawn = [tf.gather(pictures, rng.uniform([half], 0, tf.shape(pictures)[0], tf.int32))
                  for pictures in (digits, non_digits)]
-        images = data_augmentation(tf.concat(drawn, axis=0), rng, **GATE_AUGMENTATION)
+        images = photo_remnants(data_augmentation(tf.concat(drawn, axis=0), rng, **GATE_AUGMENTATION), rng)
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels, gate(images, training=True)))
         optimizer.learning_rate.assign(one_cycle_learning_rate(optimizer.iterations, steps, GATE_LEARNING_RATE))

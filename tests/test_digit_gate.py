@@ -127,3 +127,30 @@ def test_a_piece_of_a_number_the_gate_refuses_shows_as_a_question_mark(real_digi
     picture(on_paper(list(images[[7, 1, 3], :, :, 0]), size=(1100, 450), height=250)).save(tmp_path / "number.png")
     reading = predict.read(tmp_path / "number.png", gated(sure_of(lambda i: 4), lambda i: 0.02 if i == 1 else 0.99))
     assert reading.digits == "4?4"
+
+
+# ---- what the gate is trained on ---------------------------------------------------------------------------
+
+def test_photo_remnants_at_chance_0_leave_the_digits_as_they_were(real_digits):
+    import tensorflow as tf
+    from tools import photo_remnants, random_generator
+    images = real_digits[0][:20]
+    np.testing.assert_array_equal(photo_remnants(tf.constant(images), random_generator(0), chance=0.0), images)
+
+
+def test_photo_remnants_at_chance_1_draw_a_paper_line_across_each_digit_and_thicken_it(real_digits):
+    import tensorflow as tf
+    from tools import photo_remnants, random_generator
+    images = real_digits[0][:20]
+    left = photo_remnants(tf.constant(images), random_generator(0), chance=1.0).numpy()[..., 0]
+    inked = left >= 0.2
+    assert np.all(np.maximum(inked.sum(axis=2).max(axis=1), inked.sum(axis=1).max(axis=1)) >= 20)
+    assert np.mean(left > 0.5) > 1.3 * np.mean(images > 0.5)
+
+
+def test_remade_digits_are_the_digits_made_28x28_again_as_a_photos_are(real_digits):
+    images = real_digits[0][:30]
+    remade = letters.remade_digits(images, 30, seed=0)
+    assert remade.shape == (30, 28, 28, 1) and remade.min() >= 0 and remade.max() == 1
+    likeness = np.corrcoef(remade.reshape(30, -1), images.reshape(30, -1))[:30, 30:]
+    assert np.all(likeness.max(axis=1) > 0.7)  # each is one of the digits, a little changed
