@@ -154,3 +154,13 @@ def test_remade_digits_are_the_digits_made_28x28_again_as_a_photos_are(real_digi
     assert remade.shape == (30, 28, 28, 1) and remade.min() >= 0 and remade.max() == 1
     likeness = np.corrcoef(remade.reshape(30, -1), images.reshape(30, -1))[:30, 30:]
     assert np.all(likeness.max(axis=1) > 0.7)  # each is one of the digits, a little changed
+
+
+def test_the_gate_reads_the_inks_shape_alone_not_its_shade_or_soft_edges(real_digits):
+    """How a picture was made 28x28 (MNIST's antialiasing, photo.to_mnist's) is no sign of a digit."""
+    import tensorflow as tf
+    from model import INK, DigitGate
+    images = real_digits[0][:20]
+    gate = DigitGate(seed=0)  # any weights
+    crisp = np.float32(images > INK)
+    np.testing.assert_allclose(gate(tf.constant(images)).numpy(), gate(tf.constant(crisp)).numpy(), atol=1e-6)
