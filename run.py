@@ -294,8 +294,9 @@ def write_outputs(config, members, history, split, test_images, run_name):
 
 
 def train_digit_gate(train_images, seed):
-    """The digit gate (model.DigitGate), trained on the training digits against as many pictures of no digit
-    (letters.non_digit_pictures, at most letters.NON_DIGITS of them) -> the gate. The classifier is not touched."""
+    """The digit gate (model.DigitGate), trained on the training digits, and up to letters.NON_DIGITS of them
+    remade as a photo's (letters.remade_digits), against pictures of no digit (letters.non_digit_pictures: every
+    font letter, and as many more as digits, up to letters.NON_DIGITS) -> the gate. The classifier is not touched."""
     import numpy as np
 
     import letters
@@ -307,8 +308,9 @@ def train_digit_gate(train_images, seed):
     digits = np.concatenate([train_images, letters.remade_digits(train_images, letters.NON_DIGITS, seed)])
     gate = DigitGate(seed=seed)
     train.train_digit_gate(gate, digits, non_digits, seed)
-    print(f"digit gate: {len(train_images)} digits against {len(non_digits)} pictures of no digit (letters, "
-          f"scribbles, blobs, specks, noise), {time.time() - started:.0f}s")
+    print(f"digit gate: {len(train_images)} digits ({len(digits) - len(train_images)} of them also remade as a "
+          f"photo's) against {len(non_digits)} pictures of no digit (letters, scribbles, blobs, specks, noise), "
+          f"{time.time() - started:.0f}s")
     return gate
 
 

@@ -609,9 +609,9 @@ GATE_AUGMENTATION = dict(max_rotation_degrees=15.0, max_shift_fraction=0.1, max_
 def train_digit_gate(gate, digits, non_digits, seed, epochs=GATE_EPOCHS):
     """Train model.DigitGate in place to tell digits (float32 [N, 28, 28, 1], the classifier's training digits)
     from non_digits ([M, 28, 28, 1], letters.non_digit_pictures): each step draws as many of each at random,
-    augments them alike (GATE_AUGMENTATION, then tools.photo_remnants) and descends the mean sigmoid cross-entropy of the logit against 1 for
-    a digit, 0 for none, by Adam on a one-cycle schedule, for `epochs` passes over the digits. -> the last
-    step's loss."""
+    augments them alike (GATE_AUGMENTATION, then tools.photo_remnants) and descends the mean sigmoid
+    cross-entropy of the logit against 1 for a digit, 0 for none, by Adam on a one-cycle schedule, for `epochs`
+    passes over the digits. -> the last step's loss."""
     steps = max(1, math.ceil(epochs * len(digits) / (GATE_BATCH_SIZE // 2)))
     rng = random_generator(seed, TRAINING_DRAWS)
     optimizer = Adam(gate.trainable_variables, learning_rate=GATE_LEARNING_RATE)

@@ -101,8 +101,8 @@ def test_a_model_exported_without_the_gate_still_loads_says_so_and_refuses_nothi
 def gated(classify, digit_probability):
     """classify, with the gate saying digit_probability(picture index) of each picture."""
     def with_gate(pictures):
-        return {**classify(pictures), "digit_probability": np.array([digit_probability(i) for i in range(len(pictures))],
-                                                                    np.float32)}
+        said = np.array([digit_probability(i) for i in range(len(pictures))], np.float32)
+        return {**classify(pictures), "digit_probability": said}
     return with_gate
 
 

@@ -105,7 +105,8 @@ def test_the_saved_model_also_says_how_likely_each_picture_is_a_digit_at_all(fin
     """The digit gate, trained after the classifier on the run's training digits (model.DigitGate)."""
     import tensorflow as tf
     workdir, stdout = finished_run
-    assert re.search(r"^digit gate: 359 digits against \d+ pictures of no digit", stdout, re.MULTILINE), stdout
+    gate_line = r"^digit gate: 359 digits \(\d+ of them also remade as a photo's\) against \d+ pictures of no digit"
+    assert re.search(gate_line, stdout, re.MULTILINE), stdout
     serve = tf.saved_model.load(str(workdir / "model" / "saved_model")).signatures["serving_default"]
     said = serve(images=tf.constant(real_digits[0][:5]))["digit_probability"].numpy()
     assert said.shape == (5,) and np.all((said >= 0) & (said <= 1))
