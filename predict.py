@@ -40,8 +40,8 @@ SAVED_MODEL = "model/saved_model"
 # A network taught letters as no digit (run.py --outlier_exposure) is unsure of them instead, and of more
 # digits too: calibrated the same way (99% of the digits answered), it reads with --min_confidence 0.4.
 # The digit gate (model.DigitGate, the SavedModel's digit_probability) refuses a piece whose probability of being
-# a digit at all is below MIN_DIGIT_PROBABILITY, calibrated the same way: the highest that still answers 99% of
-# those digits (at the two limits above).
+# a digit at all is below MIN_DIGIT_PROBABILITY, calibrated the same way (the highest that still answers 99% of
+# those digits, at the two limits above), between what two such calibrations on other photos of them gave.
 # The calibration and its figures: docs/photos.md.
 MIN_CONFIDENCE = 0.5
 MAX_NOVELTY = 1.7
