@@ -1,7 +1,10 @@
-"""Pictures of what is no digit, for outlier exposure: letters and symbols in the fonts matplotlib ships, each
-made into a 28x28 picture the way a photo's digit is made into one (photo.to_mnist).
+"""Pictures of what is no digit, for outlier exposure and the digit gate: letters and symbols in the fonts
+matplotlib ships, scribbles, word pieces, blobs, specks and noise, each made into a 28x28 picture the way a photo's
+digit is made into one (photo.to_mnist); and digits remade that way, for the gate to learn as digits.
 
-    letter_pictures()   -> float32 [N, 28, 28, 1] in [0, 1], and the character each shows
+    letter_pictures()              -> float32 [N, 28, 28, 1] in [0, 1], and the character each shows
+    non_digit_pictures(n, seed)    -> the letters and n more of the other kinds (the digit gate's no digits)
+    remade_digits(digits, n, seed) -> n of the digits as a photo's come out of photo.to_mnist
 
 A network trained on digits alone has to call an A a digit (a 4, surely); shown letters as what is no digit
 (train.Recipe.outlier_exposure), it learns to be unsure of them, and predict.py answers "?". Letters a digit
