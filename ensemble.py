@@ -58,14 +58,16 @@ def novelty_statistics(models, images, labels, batch_size=1000):
     return statistics
 
 
-def export_saved_model(models, path, train_images, train_labels, tta=False):
+def export_saved_model(models, path, train_images, train_labels, tta=False, gate=None):
     """A SavedModel whose `serving_default` maps images [N, 28, 28, 1] in [0, 1] to class probabilities, those
     of ensemble_probabilities(models, images, tta), and to each picture's novelty (novelty_statistics: how
     unlike the training digits, train_images and train_labels, of the digit it is read as; of the picture as
-    it is, unshifted), loadable with tf.saved_model.load alone. Swapped in whole (files.replace_directory):
-    until the new one is complete, `path` is the old one."""
+    it is, unshifted), and, given a trained model.DigitGate, to its digit_probability (that it is a digit at
+    all), loadable with tf.saved_model.load alone. Swapped in whole (files.replace_directory): until the new one
+    is complete, `path` is the old one."""
     module = tf.Module()
     module.models = list(models)
+    module.gate = gate
     statistics = novelty_statistics(module.models, train_images, train_labels)
     module.class_means = [tf.Variable(means, trainable=False) for means, _ in statistics]
     module.whitening = [tf.Variable(whitening, trainable=False) for _, whitening in statistics]
@@ -79,7 +81,10 @@ def export_saved_model(models, path, train_images, train_labels, tta=False):
         layers = [layer for m in module.models for layer in features_of(m)(images, training=False)]
         squared = [tf.reduce_mean(tf.square((layer - tf.gather(means, digit)) @ whitening), axis=1)
                    for layer, means, whitening in zip(layers, module.class_means, module.whitening)]
-        return {"probabilities": probabilities, "novelty": tf.sqrt(tf.add_n(squared) / len(squared))}
+        outputs = {"probabilities": probabilities, "novelty": tf.sqrt(tf.add_n(squared) / len(squared))}
+        if module.gate is not None:
+            outputs["digit_probability"] = tf.sigmoid(module.gate(images, training=False))
+        return outputs
 
     module.serve = graph_function(serve, input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="images")])
     module.explain, module.kernels = explain_functions(module.models[0])

@@ -121,6 +121,47 @@ class DigitNet(tf.Module):
         return {"block1": (self.conv1, None), "block2": (self.conv2, None), "block3": (self.conv3, None)}
 
 
+INK = 0.3  # the digit gate reads a pixel at least this light as ink, and any other as paper
+
+
+class DigitGate(tf.Module):
+    """Is it a digit at all? A small network beside the classifier, trained on digits against what is no digit
+    (letters, scribbles, blobs, specks, noise: train.train_digit_gate), so that the classifier stays as it was:
+
+        28x28x1  -> ink (1) or not (0), at INK
+                 -> conv 5x5 16 -> maxpool, BN, ReLU -> 14x14x16
+                 -> conv 3x3 32 -> maxpool, BN, ReLU ->  7x7x32
+                 -> conv 3x3 64 -> maxpool, BN, ReLU ->  3x3x64 -> flatten 576
+                 -> dense 64, BN, ReLU -> dense 1: the logit of "a digit" -> [batch]
+
+    DigitNet's blocks at half the width; exported beside it (ensemble.export_saved_model's digit_probability,
+    the sigmoid of this logit), and predict.read answers "?" for a piece it refuses.
+    """
+
+    def __init__(self, seed=0, widths=(16, 32, 64), dense_units=64):
+        super().__init__()
+        rng = random_generator(seed)
+        w1, w2, w3 = widths
+        self.conv1, self.bn1 = conv_kernel(rng, 5, 1, w1), batch_norm_variables(w1)
+        self.conv2, self.bn2 = conv_kernel(rng, 3, w1, w2), batch_norm_variables(w2)
+        self.conv3, self.bn3 = conv_kernel(rng, 3, w2, w3), batch_norm_variables(w3)
+        self.dense1, self.bn4 = he_normal(rng, [3 * 3 * w3, dense_units], 3 * 3 * w3), batch_norm_variables(dense_units)
+        self.dense2 = tf.Variable(rng.normal([dense_units, 1]) * math.sqrt(1.0 / dense_units))
+        self.bias2 = tf.Variable(tf.zeros([1]))
+
+    def __call__(self, images, training=False):
+        # The ink's shape alone: how a picture was made 28x28 (its soft edges, its contrast) is no sign of a digit.
+        x = tf.cast(images > INK, images.dtype)
+        x = conv_pool_bn_relu(x, self.conv1, self.bn1, training)
+        x = conv_pool_bn_relu(x, self.conv2, self.bn2, training)
+        x = conv_pool_bn_relu(x, self.conv3, self.bn3, training)
+        with tf.name_scope("dense"):
+            flat = flatten(x)
+            x = tf.nn.relu(batch_normalize(flat @ weight(self.dense1, flat), self.bn4, training))
+        with tf.name_scope("logit"):
+            return (x @ weight(self.dense2, x) + weight(self.bias2, x))[:, 0]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The original write-ups' networks, rebuilt from the same pieces. Each takes input_size (the side of a square
 # image) so that the experiments can feed it larger canvases; each __call__ is (images, training, rng) -> logits.

@@ -8,8 +8,10 @@ One line per picture:
     year.jpg: 2026  (2 0.99, 0 0.97, 2 0.98, 6 0.95)     a number written in a row, each digit read in turn
     scribble.png: ?  (no digit: the model is unsure, at best 4 0.41)
     letter_h.png: ?  (no digit: unlike the digits the model learnt (novelty above 1.7), at best 4 0.89 novelty 2.27)
-A digit of a number that the model is unsure of, or that is unlike the digits it learnt, shows as ? (and
-"4? 0.41" in the brackets).
+    letter_k.png: ?  (no digit: not a digit to the digit gate (below 0.3), at best 4 0.87 gate 0.02)
+A digit of a number that the model is unsure of, that is unlike the digits it learnt, or that the digit gate
+(a small network run.py trains beside the classifier, on digits against letters, scribbles, blobs and noise)
+says is no digit, shows as ? (and "4? 0.41" in the brackets).
 
 Photos as people take them: dim or lit by a lamp to one side, on ruled or squared paper, with specks, a small
 number in a large photo, any ink colour, JPEG; photo.py cleans them into MNIST's 28x28 digits. Needs
@@ -37,9 +39,13 @@ SAVED_MODEL = "model/saved_model"
 # than those it reports on): MAX_NOVELTY is the lowest limit that still answers 99% of them; no letter takes part.
 # A network taught letters as no digit (run.py --outlier_exposure) is unsure of them instead, and of more
 # digits too: calibrated the same way (99% of the digits answered), it reads with --min_confidence 0.4.
+# The digit gate (model.DigitGate, the SavedModel's digit_probability) refuses a piece whose probability of being
+# a digit at all is below MIN_DIGIT_PROBABILITY, calibrated the same way (the highest that still answers 99% of
+# those digits, at the two limits above), between what two such calibrations on other photos of them gave.
 # The calibration and its figures: docs/photos.md.
 MIN_CONFIDENCE = 0.5
 MAX_NOVELTY = 1.7
+MIN_DIGIT_PROBABILITY = 0.3
 
 
 @dataclass
@@ -49,17 +55,19 @@ class Reading:
     pictures: np.ndarray  # float32 [n, 28, 28]: what the network saw, digit by digit, left to right
     probabilities: np.ndarray  # float32 [n, 10]
     novelty: np.ndarray  # float32 [n]: how unlike the training digits each is (MAX_NOVELTY)
-    sure: np.ndarray  # bool [n]: answered (likely enough and not novel), not "?"
+    sure: np.ndarray  # bool [n]: answered (likely enough, not novel, a digit to the gate), not "?"
+    digit_probability: np.ndarray  # float32 [n]: the digit gate's, that each is a digit at all
 
 
 # ---- digits -> the answer ----------------------------------------------------------------------------------
 
-def read(source, classify, min_confidence=MIN_CONFIDENCE, max_novelty=MAX_NOVELTY):
+def read(source, classify, min_confidence=MIN_CONFIDENCE, max_novelty=MAX_NOVELTY,
+         min_digit_probability=MIN_DIGIT_PROBABILITY):
     """An image file (path or binary file object) -> Reading. classify: float32 [n, 28, 28] ->
-    {"probabilities": [n, 10], "novelty": [n]} (load_classifier). Raises ValueError with a one-line reason if
-    the file is not a picture it can read. In two steps that serve.py also takes apart: the cleaning
-    (photo.mnist_digits, which asks classify how the ink splits) and the answer (judged, on what classify says
-    of the digits)."""
+    {"probabilities": [n, 10], "novelty": [n], "digit_probability": [n]} (load_classifier; without
+    digit_probability, the gate passes every piece). Raises ValueError with a one-line reason if the file is not
+    a picture it can read. In two steps that serve.py also takes apart: the cleaning (photo.mnist_digits, which
+    asks classify how the ink splits) and the answer (judged, on what classify says of the digits)."""
     image = open_picture(source)
     try:
         pictures = mnist_digits(image, classify)
@@ -68,58 +76,68 @@ def read(source, classify, min_confidence=MIN_CONFIDENCE, max_novelty=MAX_NOVELT
     finally:
         if not hasattr(source, "read"):  # a file object stays the caller's to close
             image.close()
-    return judged(pictures, classify(pictures), min_confidence, max_novelty)
+    return judged(pictures, classify(pictures), min_confidence, max_novelty, min_digit_probability)
 
 
 def no_digit(reason):
     """The Reading of a picture that holds no digit (photo.NoDigit's reason)."""
     return Reading("?", f"no digit: {reason}", np.zeros([0, SIDE, SIDE], np.float32), np.zeros([0, 10]),
-                   np.zeros([0]), np.zeros([0], bool))
+                   np.zeros([0]), np.zeros([0], bool), np.zeros([0]))
 
 
-def judged(pictures, said, min_confidence=MIN_CONFIDENCE, max_novelty=MAX_NOVELTY):
-    """The digits' pictures and what classify said of them -> Reading: each answered if likely enough and not
-    novel, else "?"."""
+def judged(pictures, said, min_confidence=MIN_CONFIDENCE, max_novelty=MAX_NOVELTY,
+           min_digit_probability=MIN_DIGIT_PROBABILITY):
+    """The digits' pictures and what classify said of them -> Reading: each answered if likely enough, not
+    novel and a digit to the gate, else "?"."""
     probabilities, novelty = (np.asarray(said[name], np.float32) for name in ("probabilities", "novelty"))
+    digit_probability = np.asarray(said.get("digit_probability", np.ones(len(pictures))), np.float32)
     best = probabilities.argmax(axis=1)
     likely, familiar = probabilities.max(axis=1) >= min_confidence, novelty <= max_novelty
-    sure = likely & familiar
+    sure = likely & familiar & (digit_probability >= min_digit_probability)
     if not sure.any():
-        return Reading("?", "no digit: " + why_no_digit(best, probabilities, novelty, likely, max_novelty),
-                       pictures, probabilities, novelty, sure)
+        reason = why_no_digit(best, probabilities, novelty, digit_probability, likely & familiar, likely, max_novelty,
+                              min_digit_probability)
+        return Reading("?", "no digit: " + reason, pictures, probabilities, novelty, sure, digit_probability)
     digits = "".join(str(d) if ok else "?" for d, ok in zip(best, sure))
     if len(pictures) == 1:
         top3 = np.argsort(-probabilities[0])[:3]
         details = ", ".join(f"{d} {probabilities[0][d]:.2f}" for d in top3)
     else:
         details = ", ".join(f"{d}{'' if ok else '?'} {p[d]:.2f}" for d, ok, p in zip(best, sure, probabilities))
-    return Reading(digits, details, pictures, probabilities, novelty, sure)
+    return Reading(digits, details, pictures, probabilities, novelty, sure, digit_probability)
 
 
-def why_no_digit(best, probabilities, novelty, likely, max_novelty):
+def why_no_digit(best, probabilities, novelty, digit_probability, likely_and_familiar, likely, max_novelty,
+                 min_digit_probability):
     """Why none of the pieces is answered: the model is unsure of them, or (when it is sure of some) they are
-    unlike the digits it learnt."""
+    unlike the digits it learnt, or (when some are neither) the digit gate says they are no digit."""
     if not likely.any():
         return "the model is unsure, at best " + ", ".join(f"{d} {p[d]:.2f}" for d, p in zip(best, probabilities))
-    return (f"unlike the digits the model learnt (novelty above {max_novelty:g}), at best " +
-            ", ".join(f"{d} {p[d]:.2f} novelty {n:.2f}" for d, p, n in zip(best, probabilities, novelty)))
+    if not likely_and_familiar.any():
+        return (f"unlike the digits the model learnt (novelty above {max_novelty:g}), at best " +
+                ", ".join(f"{d} {p[d]:.2f} novelty {n:.2f}" for d, p, n in zip(best, probabilities, novelty)))
+    return (f"not a digit to the digit gate (below {min_digit_probability:g}), at best " +
+            ", ".join(f"{d} {p[d]:.2f} gate {g:.2f}" for d, p, g in zip(best, probabilities, digit_probability)))
 
 
 def load_classifier(path=SAVED_MODEL):
-    """The exported SavedModel -> a function float32 [n, 28, 28] -> {"probabilities": [n, 10], "novelty": [n]}
-    (numpy). A model exported before novelty was (it has probabilities alone) is read with novelty 0, and
-    says so once: it refuses no letter its probabilities are sure of."""
+    """The exported SavedModel -> a function float32 [n, 28, 28] -> {"probabilities": [n, 10], "novelty": [n],
+    "digit_probability": [n]} (numpy). A model exported before novelty or the digit gate was (it lacks that
+    output) is read with novelty 0 or digit probability 1, and says so once: it refuses no letter that what it
+    has passes."""
     from devices import import_tensorflow
     tf = import_tensorflow()  # without its start-up notices, which are not for users
     serve = tf.saved_model.load(path).signatures["serving_default"]
-    if "novelty" not in serve.structured_outputs:
-        print(f"note: {path} has no novelty score (exported by an older run.py): letters may be read as digits; "
-              "python run.py exports one", file=sys.stderr)
+    for output, what in (("novelty", "novelty score"), ("digit_probability", "digit gate")):
+        if output not in serve.structured_outputs:
+            print(f"note: {path} has no {what} (exported by an older run.py): letters may be read as digits; "
+                  "python run.py exports one", file=sys.stderr)
 
     def classify(pictures):
         said = {name: value.numpy() for name, value in serve(images=tf.constant(pictures[..., None], tf.float32))
                 .items()}
-        return {"novelty": np.zeros(len(pictures), np.float32), **said}
+        return {"novelty": np.zeros(len(pictures), np.float32),
+                "digit_probability": np.ones(len(pictures), np.float32), **said}
     return classify
 
 
@@ -176,6 +194,9 @@ def main(argv=None):
     parser.add_argument("--max_novelty", type=float, default=MAX_NOVELTY,
                         help=f"answer ? above this novelty, unlike the training digits (default {MAX_NOVELTY}; "
                              "inf: never for this)")
+    parser.add_argument("--min_digit_probability", type=float, default=MIN_DIGIT_PROBABILITY,
+                        help="answer ? below this probability, from the digit gate, that a piece is a digit at all "
+                             f"(default {MIN_DIGIT_PROBABILITY}; 0: never for this)")
     args = parser.parse_args(argv)
     if not os.path.exists(f"{SAVED_MODEL}/saved_model.pb"):
         print(f"error: no model in {SAVED_MODEL}; run python run.py first", file=sys.stderr)
@@ -190,7 +211,7 @@ def main(argv=None):
     failed = 0
     for path in args.images:
         try:
-            reading = read(path, classify, args.min_confidence, args.max_novelty)
+            reading = read(path, classify, args.min_confidence, args.max_novelty, args.min_digit_probability)
         except ValueError as error:
             print(f"error: {path}: {error}", file=sys.stderr)
             failed += 1

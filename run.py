@@ -30,6 +30,8 @@ percent_data_for_training = 90   # of train.csv, to train on; the rest is the va
 seed = 42                        # the split, the initial weights, the data order, augmentation and dropout
 ensemble = 1                     # train this many networks (seeds seed, seed+1, ...) and average their outputs
 tta = True                       # test-time augmentation: also average over the digit shifted by one pixel
+digit_gate = True                # train a small network beside the classifier that tells digits from letters,
+                                 # scribbles and noise, exported with it: predict.py then answers "?" for those
 resume = False                   # go on from model/latest where an interrupted run stopped (same settings)
 deterministic = False            # TensorFlow's deterministic ops: two runs give bit-identical weights
 devices = ""                     # "": every GPU there is (else the CPU); or a list, "GPU:0,GPU:1" (see README)
@@ -271,7 +273,8 @@ def write_outputs(config, members, history, split, test_images, run_name):
     import report
 
     train_images, train_labels, val_images, val_labels = split
-    ensemble.export_saved_model(members, f"{MODEL_DIR}/saved_model", train_images, train_labels, config.tta)
+    gate = train_digit_gate(train_images, config.seed) if config.digit_gate else None
+    ensemble.export_saved_model(members, f"{MODEL_DIR}/saved_model", train_images, train_labels, config.tta, gate)
     data.write_submission(SUBMISSION, ensemble.ensemble_probabilities(members, test_images, config.tta).argmax(1))
     if len(val_labels):
         val_probabilities = ensemble.ensemble_probabilities(members, val_images, config.tta)
@@ -288,6 +291,27 @@ def write_outputs(config, members, history, split, test_images, run_name):
     checkpoints = f"{MODEL_DIR}/best, {MODEL_DIR}/latest" if config.ensemble == 1 else f"{MODEL_DIR}/ensemble/member-*/"
     print(f"checkpoints: {checkpoints}; SavedModel: {MODEL_DIR}/saved_model")
     print(f"TensorBoard logs: {LOG_DIR}/{run_name} (tensorboard --logdir {LOG_DIR}); submission: {SUBMISSION}")
+
+
+def train_digit_gate(train_images, seed):
+    """The digit gate (model.DigitGate), trained on the training digits, and up to letters.NON_DIGITS of them
+    remade as a photo's (letters.remade_digits), against pictures of no digit (letters.non_digit_pictures: every
+    font letter, and as many more as digits, up to letters.NON_DIGITS) -> the gate. The classifier is not touched."""
+    import numpy as np
+
+    import letters
+    import train
+    from model import DigitGate
+
+    started = time.time()
+    non_digits = letters.non_digit_pictures(min(len(train_images), letters.NON_DIGITS), seed)
+    digits = np.concatenate([train_images, letters.remade_digits(train_images, letters.NON_DIGITS, seed)])
+    gate = DigitGate(seed=seed)
+    train.train_digit_gate(gate, digits, non_digits, seed)
+    print(f"digit gate: {len(train_images)} digits ({len(digits) - len(train_images)} of them also remade as a "
+          f"photo's) against {len(non_digits)} pictures of no digit (letters, scribbles, blobs, specks, noise), "
+          f"{time.time() - started:.0f}s")
+    return gate
 
 
 def print_validation_accuracy(config, history, val_probabilities, val_labels):

@@ -10,7 +10,7 @@ reads, the very preprocessing python predict.py uses:
 
     {"digits": "2026", "details": "2 0.99, 0 0.97, 2 0.98, 6 0.95",
      "pieces": [{"digit": 2, "sure": true, "probabilities": [10 numbers], "novelty": 0.82,
-                 "picture": "data:image/png;base64,..."}, ...]}
+                 "digit_probability": 0.99, "picture": "data:image/png;base64,..."}, ...]}
 
 "digits" is "?" when there is no digit (then "details" says why, and "pieces" may be empty). Refusals are
 {"error": "..."}: a body over MAX_BYTES, chunked or not, 413 (and the connection is closed); another
@@ -76,7 +76,7 @@ LINGER = 5  # seconds a refused body is still read (and dropped) so that its sen
 
 
 def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY,
-               max_wait=batch_wait):
+               min_digit_probability=predict.MIN_DIGIT_PROBABILITY, max_wait=batch_wait):
     """The Flask app: GET / is the page, POST /predict reads a picture. classify: as predict.read's
     (predict.load_classifier), called by one thread, with the digits of every request waiting (BatchedModel)."""
     app = Flask(__name__)
@@ -100,7 +100,8 @@ def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=pred
             image = photo.open_picture(io.BytesIO(body))
             with big_pictures.turn(image):
                 pictures = photo.mnist_digits(image, model)  # predict.read's cleaning ...
-            reading = predict.judged(pictures, model(pictures), min_confidence, max_novelty)  # ... and answer
+            reading = predict.judged(pictures, model(pictures), min_confidence, max_novelty,  # ... and answer
+                                     min_digit_probability)
         except photo.NoDigit as reason:
             reading = predict.no_digit(reason)
         except photo.PictureTooLarge as error:
@@ -127,9 +128,10 @@ def refuse(status, message):
 def answer(reading):
     """predict.Reading -> the JSON-ready answer (see the module's docstring)."""
     pieces = [dict(digit=int(p.argmax()), sure=bool(sure), probabilities=[round(float(x), 4) for x in p],
-                   novelty=round(float(novelty), 3), picture=png_data_url(picture))
-              for picture, p, novelty, sure in zip(reading.pictures, reading.probabilities, reading.novelty,
-                                                   reading.sure)]
+                   novelty=round(float(novelty), 3), digit_probability=round(float(gate), 3),
+                   picture=png_data_url(picture))
+              for picture, p, novelty, gate, sure in zip(reading.pictures, reading.probabilities, reading.novelty,
+                                                         reading.digit_probability, reading.sure)]
     return dict(digits=reading.digits, details=reading.details, pieces=pieces)
 
 
@@ -331,6 +333,9 @@ def main(argv=None):
                         help=f"answer ? below this probability (default {predict.MIN_CONFIDENCE}; 0: never for this)")
     parser.add_argument("--max_novelty", type=float, default=predict.MAX_NOVELTY,
                         help=f"answer ? above this novelty (default {predict.MAX_NOVELTY}; inf: never for this)")
+    parser.add_argument("--min_digit_probability", type=float, default=predict.MIN_DIGIT_PROBABILITY,
+                        help=f"answer ? below this probability of being a digit at all, the digit gate's (default "
+                             f"{predict.MIN_DIGIT_PROBABILITY}; 0: never for this)")
     args = parser.parse_args(argv)
     for name, lowest in [("threads", 1), ("connection_limit", 1), ("read_timeout", 1)]:
         if getattr(args, name) < lowest:
@@ -349,7 +354,8 @@ def main(argv=None):
     except OSError as error:
         print(f"error: {cannot_listen(args.host, args.port, error)}", file=sys.stderr)
         return 2
-    app = create_app(predict.load_classifier(), args.min_confidence, args.max_novelty, args.batch_wait)
+    app = create_app(predict.load_classifier(), args.min_confidence, args.max_novelty, args.min_digit_probability,
+                     args.batch_wait)
     server = make_server(app, listening, args)
     print(f"serving {predict.SAVED_MODEL} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
     server.run()  # until Ctrl-C

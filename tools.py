@@ -312,6 +312,38 @@ def data_augmentation(images, rng, max_rotation_degrees=15.0, max_shift_fraction
     return displace(images, fields, matrices)
 
 
+@name_scoped("photo_remnants")
+def photo_remnants(images, rng, chance=0.25):
+    """What a photo's cleaning leaves on a digit, drawn at random for every image [N,H,W,1] in [0, 1], each with
+    probability `chance`, independently:
+
+        thicker strokes:  out = max over the 3x3 neighbourhood (a dilation, tf.nn.max_pool2d stride 1)
+        specks:           out = max(out, u * [v < p]),  u ~ U(0.5, 1), v ~ U(0, 1) per pixel, p ~ U(0, 0.02)
+        a paper line:     out = max(out, a * [row == r]) (or a column), a ~ U(0.2, 0.8), r uniform
+        a broken stroke:  out = 0 in a square of side 3-7 at a uniform place
+
+    The digit gate sees them on digits and on what is no digit alike, so they tell it nothing either way."""
+    n, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+
+    def chosen():
+        return tf.reshape(rng.uniform([n]) < chance, [-1, 1, 1, 1])
+
+    out = tf.where(chosen(), tf.nn.max_pool2d(images, ksize=3, strides=1, padding="SAME"), images)
+    rate = tf.reshape(rng.uniform([n], 0.0, 0.02), [-1, 1, 1, 1])
+    specks = rng.uniform([n, height, width, 1], 0.5, 1.0) * tf.cast(rng.uniform([n, height, width, 1]) < rate,
+                                                                    tf.float32)
+    out = tf.where(chosen(), tf.maximum(out, specks), out)
+    rows = tf.one_hot(rng.uniform([n], 0, height, tf.int32), height)[:, :, None, None] * tf.ones([1, 1, width, 1])
+    columns = tf.one_hot(rng.uniform([n], 0, width, tf.int32), width)[:, None, :, None] * tf.ones([1, height, 1, 1])
+    across = tf.where(tf.reshape(rng.uniform([n]) < 0.5, [-1, 1, 1, 1]), rows, columns)
+    out = tf.where(chosen(), tf.maximum(out, across * tf.reshape(rng.uniform([n], 0.2, 0.8), [-1, 1, 1, 1])), out)
+    side = rng.uniform([n], 3, 8, tf.int32)[:, None, None, None]
+    top, left = (rng.uniform([n], 0, limit, tf.int32)[:, None, None, None] for limit in (height, width))
+    row_index, column_index = tf.range(height)[None, :, None, None], tf.range(width)[None, None, :, None]
+    hole = ((row_index >= top) & (row_index < top + side) & (column_index >= left) & (column_index < left + side))
+    return tf.where(chosen() & hole, 0.0, out)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # optimisers: each keeps its state in tf.Variables created up front, so tf.train.Checkpoint saves it and
 # apply_gradients only assigns (as tf.function requires). Updates are written in Keras' algebraic form,

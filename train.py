@@ -26,7 +26,7 @@ import tensorflow as tf
 
 import files
 from tools import (TRAINING_DRAWS, Adadelta, Adam, ExponentialMovingAverage, LossScaleOptimizer, Nadam,
-                   data_augmentation, one_cycle_learning_rate, random_generator)
+                   data_augmentation, one_cycle_learning_rate, photo_remnants, random_generator)
 
 EVAL_BATCH_SIZE = 1000
 OPTIMIZERS = {"adam": Adam, "nadam": Nadam, "adadelta": Adadelta}
@@ -594,3 +594,43 @@ def log_epoch(writers, model, record):
         tf.summary.scalar("accuracy", record["val_accuracy"], step=step)
     for writer in writers.values():
         writer.flush()
+
+
+# ---- the digit gate ---------------------------------------------------------------------------------------
+
+GATE_EPOCHS = 3          # passes over the training digits, in steps of GATE_BATCH_SIZE: half digits, half no digit
+GATE_BATCH_SIZE = 256
+GATE_LEARNING_RATE = 3e-3  # Adam's, the one-cycle schedule's peak
+# the elastic distortion bends font letters and scribbles as a hand would, digits alike
+GATE_AUGMENTATION = dict(max_rotation_degrees=15.0, max_shift_fraction=0.1, max_zoom_fraction=0.15, max_shear=0.3,
+                         elastic_alpha=10.0, elastic_sigma=3.0)
+
+
+def train_digit_gate(gate, digits, non_digits, seed, epochs=GATE_EPOCHS):
+    """Train model.DigitGate in place to tell digits (float32 [N, 28, 28, 1], the classifier's training digits)
+    from non_digits ([M, 28, 28, 1], letters.non_digit_pictures): each step draws as many of each at random,
+    augments them alike (GATE_AUGMENTATION, then tools.photo_remnants) and descends the mean sigmoid
+    cross-entropy of the logit against 1 for a digit, 0 for none, by Adam on a one-cycle schedule, for `epochs`
+    passes over the digits. -> the last step's loss."""
+    steps = max(1, math.ceil(epochs * len(digits) / (GATE_BATCH_SIZE // 2)))
+    rng = random_generator(seed, TRAINING_DRAWS)
+    optimizer = Adam(gate.trainable_variables, learning_rate=GATE_LEARNING_RATE)
+    digits, non_digits = tf.constant(digits), tf.constant(non_digits)
+    half = GATE_BATCH_SIZE // 2
+    labels = tf.concat([tf.ones([half]), tf.zeros([half])], axis=0)
+
+    def step():
+        drawn = [tf.gather(pictures, rng.uniform([half], 0, tf.shape(pictures)[0], tf.int32))
+                 for pictures in (digits, non_digits)]
+        images = photo_remnants(data_augmentation(tf.concat(drawn, axis=0), rng, **GATE_AUGMENTATION), rng)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels, gate(images, training=True)))
+        optimizer.learning_rate.assign(one_cycle_learning_rate(optimizer.iterations, steps, GATE_LEARNING_RATE))
+        optimizer.apply_gradients(tape.gradient(loss, gate.trainable_variables))
+        return loss
+
+    step = graph_function(step)
+    loss = None
+    for _ in range(steps):
+        loss = step()
+    return float(loss)

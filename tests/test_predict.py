@@ -529,7 +529,9 @@ def test_the_photos_benchmark_smoke_run_prints_its_table_and_writes_its_json(tmp
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validation split" in result.stdout  # it says which digits it used
     results = json.loads(out.read_text())
-    assert [row["kind"] for row in results["rows"]] == ["single digit"] * 11 + ["number"] * 4 + ["not a digit"] * 4
+    assert [row["kind"] for row in results["rows"]] == (["single digit"] * 11 + ["number"] * 4 + ["not a digit"] * 4
+                                                       + ["28x28 digit, no photo"])
+    assert results["calibration"]["gate"] and "without_gate" in results["rows"][0]
     assert results["calibration"]["novelty"]
     # a smoke run says so, first and last, and judges no target on figures that mean nothing
     lines = result.stdout.splitlines()

@@ -101,6 +101,17 @@ def test_saved_model_predicts_probabilities_without_project_code(finished_run, r
     assert result.returncode == 0, result.stderr
 
 
+def test_the_saved_model_also_says_how_likely_each_picture_is_a_digit_at_all(finished_run, real_digits):
+    """The digit gate, trained after the classifier on the run's training digits (model.DigitGate)."""
+    import tensorflow as tf
+    workdir, stdout = finished_run
+    gate_line = r"^digit gate: 359 digits \(\d+ of them also remade as a photo's\) against \d+ pictures of no digit"
+    assert re.search(gate_line, stdout, re.MULTILINE), stdout
+    serve = tf.saved_model.load(str(workdir / "model" / "saved_model")).signatures["serving_default"]
+    said = serve(images=tf.constant(real_digits[0][:5]))["digit_probability"].numpy()
+    assert said.shape == (5,) and np.all((said >= 0) & (said <= 1))
+
+
 def test_tensorboard_event_files_hold_scalars_histograms_graph_and_images(finished_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     workdir, _ = finished_run
