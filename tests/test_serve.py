@@ -10,7 +10,9 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -61,9 +63,9 @@ def server(tmp_path_factory, tiny_saved_model):  # noqa: F811
         log.close()
 
 
-def post(address, body, content_type):
-    """POST /predict -> (status, the JSON answer)."""
-    request = urllib.request.Request(address + "/predict", data=body, headers={"Content-Type": content_type})
+def post(address, body, content_type, path="/predict"):
+    """POST path -> (status, the JSON answer)."""
+    request = urllib.request.Request(address + path, data=body, headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=60) as reply:
             return reply.status, json.loads(reply.read())
@@ -245,7 +247,7 @@ def test_digits_of_requests_that_arrive_together_are_read_in_one_call_each_answe
         model_busy.wait(30)  # the first call takes long: the others arrive meanwhile
         return ink_counter(pictures)
 
-    app = serve.create_app(spy, 0, float("inf"), max_wait=0)
+    app = serve.create_app(spy, predict.NoExplainer("no look inside"), 0, float("inf"), max_wait=0)
     bodies = [encoded(draw(digit)) for digit in (1, 7, 0, 1, 7, 0)]  # one digit each: one call each
     with ThreadPoolExecutor(len(bodies)) as pool:
         replies = [pool.submit(app.test_client().post, "/predict", data=body, content_type="image/png")
@@ -261,6 +263,122 @@ def test_digits_of_requests_that_arrive_together_are_read_in_one_call_each_answe
     for body, answer in zip(bodies, answers):
         own = photo.mnist_digits(Image.open(io.BytesIO(body)), ink_counter)
         assert answer["digits"] == str(ink_counter(own)["probabilities"].argmax()), answer
+
+
+# ---- inside the network: POST /explain ------------------------------------------------------------------
+
+EXPLAINED_NETWORKS = ["digitnet", "cnn_small", "mlp_dropout"]  # DigitNet and two of --list_models: 2, 0 conv blocks
+N_TRAIN = 400  # the others' tiny training: real_digits' first rows, one epoch, as tests/test_explain.py trains
+
+
+@pytest.fixture(scope="module", params=EXPLAINED_NETWORKS)
+def explaining(request, tiny_saved_model, real_digits, tmp_path_factory):  # noqa: F811
+    """serve.py's app for a network trained briefly on real digits (DigitNet: the tiny model), served by
+    waitress on a free port of 127.0.0.1 in this process, always guessing -> (the network's name, the address,
+    the explainer as predict.load_explainer loads it, the classifier)."""
+    name = request.param
+    if name == "digitnet":
+        path = tiny_saved_model
+    else:
+        import tensorflow as tf
+        from conftest import train_with
+        from ensemble import export_saved_model
+        from recipes import build_model
+
+        images, labels = real_digits
+        tf.random.set_seed(0)
+        network = build_model(name, seed=0)
+        split = images[:N_TRAIN], labels[:N_TRAIN], images[N_TRAIN:], labels[N_TRAIN:]
+        train_with(network, split, max_n_epochs=1, patience=2, batch_size=32, learning_rate=3e-3)
+        path = tmp_path_factory.mktemp(name) / "saved_model"
+        export_saved_model([network], str(path), *split[:2])
+    classify, explain = predict.load_classifier(str(path)), predict.load_explainer(str(path))
+    with served(serve.create_app(classify, explain, 0, float("inf"))) as address:
+        yield name, address, explain, classify
+
+
+@contextmanager
+def served(app):
+    """app served by waitress (serve.make_server, its default settings) on a free port of 127.0.0.1 -> the
+    address."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    server = serve.make_server(app, listening, SimpleNamespace(threads=serve.threads,
+                                                               connection_limit=serve.connection_limit,
+                                                               read_timeout=serve.read_timeout))
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+    finally:
+        server.close()
+        server.task_dispatcher.shutdown()
+
+
+def test_explain_shows_the_networks_own_layers_of_the_first_piece_within_rounding(explaining):
+    """The JSON's numbers are predict.load_explainer's (proven the network's own blocks by tests/test_explain.py)
+    for the picture predict.py's cleaning makes of the drawing, rounded to serve.DECIMALS places; the answer
+    is /predict's."""
+    name, address, explain, classify = explaining
+    body = encoded(draw(7))
+    status, shown = post(address, body, "image/png", "/explain")
+    assert status == 200, shown
+    assert {key: shown[key] for key in ("digits", "details", "pieces")} == post(address, body, "image/png")[1]
+    (picture,) = photo.mnist_digits(Image.open(io.BytesIO(body)), classify)
+    own = explain(picture[None])
+    within = 0.5 * 10 ** -serve.DECIMALS + 1e-6
+    assert shown["piece"] == 0
+    np.testing.assert_allclose(shown["input"], own["input"][0], atol=within)
+    assert [(layer["name"], tuple(layer["shape"])) for layer in shown["layers"]] == \
+        [(layer["name"], layer["values"].shape[1:]) for layer in own["layers"]]
+    for layer, its_own in zip(shown["layers"], own["layers"], strict=True):
+        np.testing.assert_allclose(layer["values"], its_own["values"][0], atol=within, err_msg=layer["name"])
+    np.testing.assert_allclose(shown["probabilities"], own["probabilities"][0], atol=within)
+    np.testing.assert_allclose(shown["saliency"], own["saliency"][0], atol=within)
+    assert np.abs(shown["saliency"]).max() > 100 * within  # rounding leaves the saliency's numbers readable
+
+
+def test_kernels_are_the_networks_own_for_each_layer_a_convolution_makes(explaining):
+    name, address, explain, _ = explaining
+    with urllib.request.urlopen(address + "/kernels") as reply:
+        shown = json.loads(reply.read())["layers"]
+    own = [layer for layer in explain(np.zeros([1, 28, 28], np.float32))["layers"] if "kernel" in layer]
+    assert [layer["name"] for layer in shown] == [layer["name"] for layer in own]
+    assert len(shown) == {"digitnet": 3, "cnn_small": 2, "mlp_dropout": 0}[name]
+    for layer, its_own in zip(shown, own):
+        assert layer["shape"] == list(its_own["kernel"].shape)
+        np.testing.assert_allclose(layer["kernel"], its_own["kernel"], atol=0.5 * 10 ** -serve.DECIMALS + 1e-6)
+        np.testing.assert_allclose(layer["bias"], its_own["bias"], atol=0.5 * 10 ** -serve.DECIMALS + 1e-6)
+
+
+def test_explain_of_a_blank_page_answers_no_digit_and_no_layers(explaining):
+    _, address, _, _ = explaining
+    status, shown = post(address, encoded(Image.new("L", (200, 100), 255)), "image/png", "/explain")
+    assert status == 200 and shown["digits"] == "?" and shown["layers"] == [] and shown["piece"] is None
+
+
+def test_explain_refuses_a_bad_request_as_predict_does(explaining):
+    _, address, _, _ = explaining
+    assert post(address, b"hello", "text/plain", "/explain") == \
+        (415, {"error": "Content-Type text/plain: send image/png or image/jpeg"})
+    status, refused = post(address, b"not a picture at all", "image/png", "/explain")
+    assert status == 400 and "not a picture" in refused["error"]
+
+
+def test_a_model_without_a_look_inside_refuses_explain_in_its_one_line_and_still_reads(tmp_path):
+    """A SavedModel as run.py exported it before: serving_default alone."""
+    import tensorflow as tf
+    module = tf.Module()
+    module.serve = tf.function(lambda images: {"probabilities": tf.one_hot(tf.fill([tf.shape(images)[0]], 7), 10)},
+                               input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="images")])
+    tf.saved_model.save(module, str(tmp_path / "old"), signatures=module.serve)
+    with pytest.raises(predict.NoExplainer) as raised:
+        predict.load_explainer(str(tmp_path / "old"))
+    client = serve.create_app(predict.load_classifier(str(tmp_path / "old")), raised.value, 0, float("inf")) \
+        .test_client()
+    for refused in (client.post("/explain", data=encoded(draw(7)), content_type="image/png"), client.get("/kernels")):
+        assert refused.status_code == 501 and refused.get_json() == {"error": str(raised.value)}
+        assert "\n" not in str(raised.value)
+    read = client.post("/predict", data=encoded(draw(7)), content_type="image/png")
+    assert read.status_code == 200 and read.get_json()["digits"] == "7"
 
 
 # ---- in a real browser ------------------------------------------------------------------------------------
