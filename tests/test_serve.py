@@ -524,3 +524,108 @@ def test_on_a_phone_the_page_fits_its_width_and_a_finger_draws_on_it(chromium, s
     finally:
         context.close()
     assert len(shown) == 2 and all(character.isdigit() for character in shown), shown
+
+
+# ---- inside the network, in a real browser -----------------------------------------------------------------
+
+@pytest.fixture
+def inside_page(chromium, explaining):
+    """The page of a server that shows inside its network (explaining), as a desktop browser opens it ->
+    (the page, explaining, the console errors it met)."""
+    _, address, _, _ = explaining
+    context = chromium.new_context(viewport=dict(width=900, height=1200))
+    page = context.new_page()
+    errors = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.goto(address + "/")
+    yield page, explaining, errors
+    context.close()
+
+
+def stroke(page, points):
+    """One stroke of the mouse through points (fractions of the paper's width and height), a frame apart ->
+    the page's clock (performance.now(), ms) just before the pen is lifted."""
+    box = page.locator("#paper").bounding_box()
+    at = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in points]
+    page.mouse.move(*at[0])
+    page.mouse.down()
+    for (x0, y0), (x1, y1) in zip(at, at[1:]):
+        for step in range(1, 6):
+            page.mouse.move(x0 + (x1 - x0) * step / 5, y0 + (y1 - y0) * step / 5)
+            time.sleep(1 / 60)
+    ended = page.evaluate("performance.now()")
+    page.mouse.up()
+    return ended
+
+
+def layers_updated(page, ended, name, what):
+    """Waits until the page shows what it was answered of the paper as it was at `ended` -> the milliseconds
+    from then to the layers drawn, logged (measured, not asserted: issue 37's target is 200 ms)."""
+    page.wait_for_function(f"shown.asked >= {ended}", timeout=30000)
+    delay = page.evaluate("shown.drawn") - ended
+    print(f"\n{name}: {what}: stroke's end -> layers updated in {delay:.0f} ms")
+    return delay
+
+
+SEVEN = [(0.3, 0.15), (0.5, 0.15), (0.38, 0.85)]  # the top bar and the downstroke, in the paper's left half
+
+
+def canvas_pixels(page, selector, index=0):
+    """The [r, g, b] of every pixel of the index-th canvas matching selector."""
+    return np.array(page.evaluate(f"""(() => {{ const canvas = document.querySelectorAll("{selector}")[{index}];
+        return Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data); }})()""")
+                    ).reshape(-1, 4)[:, :3]
+
+
+def test_while_drawing_the_page_shows_each_block_in_order_the_input_and_the_saliency(inside_page):
+    page, (name, _, explain, _), errors = inside_page
+    layers_updated(page, stroke(page, SEVEN), name, "a 7")
+    own = explain(np.zeros([1, 28, 28], np.float32))["layers"]
+    assert page.locator("#layers .layer").evaluate_all("views => views.map(view => view.dataset.name)") == \
+        [layer["name"] for layer in own]
+    for i, layer in enumerate(own):
+        view = page.locator("#layers .layer").nth(i)
+        if layer["values"].ndim == 4:  # a conv block: one map per channel
+            assert view.locator("canvas.map").count() == layer["values"].shape[-1]
+        else:
+            assert view.locator("canvas.strip").count() == 1
+    assert (canvas_pixels(page, "#input").max(axis=1) < 128).sum() > 20  # the digit, as the network reads it
+    saliency = canvas_pixels(page, "#saliency").astype(int)
+    reddish, bluish = saliency[:, 0] - saliency[:, 2] > 40, saliency[:, 2] - saliency[:, 0] > 40
+    assert reddish.sum() > 5 and bluish.sum() > 5, (reddish.sum(), bluish.sum())
+    assert page.locator("#inside-answer .bar").count() == 10
+    assert errors == []
+
+
+def test_the_page_redraws_what_the_network_sees_after_each_stroke(inside_page):
+    page, (name, _, _, _), _ = inside_page
+    layers_updated(page, stroke(page, SEVEN[1:]), name, "a 1")
+    first = canvas_pixels(page, "#input")
+    layers_updated(page, stroke(page, SEVEN[:2]), name, "its bar, making a 7")
+    assert (first != canvas_pixels(page, "#input")).any(axis=1).sum() > 20
+
+
+def test_a_click_on_a_feature_map_shows_the_kernels_that_make_it_and_their_numbers(inside_page):
+    page, (name, address, _, _), _ = inside_page
+    layers_updated(page, stroke(page, SEVEN), name, "a 7")
+    with urllib.request.urlopen(address + "/kernels") as reply:
+        kernels = json.loads(reply.read())["layers"]
+    if not kernels:  # an MLP: its dense layers alone, nothing to click
+        assert page.locator("canvas.map").count() == 0
+        return
+    for i, channel, how in [(len(kernels) - 1, 5, "click"), (0, 2, "Enter")]:
+        made = kernels[i]
+        chosen = page.locator("#layers .layer").nth(i).locator("canvas.map").nth(channel)
+        if how == "click":
+            chosen.click()
+        else:
+            chosen.focus()
+            page.keyboard.press("Enter")
+        page.wait_for_function(f"document.querySelector('#detail h3')?.textContent === '{made['name']}, map {channel}'")
+        kernel, inputs = np.array(made["kernel"]), made["shape"][2]
+        tables = page.locator("#detail table.kernel")
+        assert tables.count() == min(inputs, 16)
+        assert ("the first 16 shown" in page.text_content("#detail")) == (inputs > 16)
+        for k in range(tables.count()):
+            numbers = np.array(tables.nth(k).locator("td").all_text_contents(), float).reshape(kernel.shape[:2])
+            np.testing.assert_allclose(numbers, kernel[:, :, k, channel], atol=0.0005 + 1e-9)
