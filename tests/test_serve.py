@@ -265,6 +265,38 @@ def test_digits_of_requests_that_arrive_together_are_read_in_one_call_each_answe
         assert answer["digits"] == str(ink_counter(own)["probabilities"].argmax()), answer
 
 
+def test_explain_requests_that_arrive_together_are_explained_in_one_call_each_answered_its_own():
+    calls, model_busy = [], threading.Event()
+
+    def ink_counter(pictures):  # a stand-in model: the digit is the count of inked pixels, mod 10
+        digits = (np.asarray(pictures) > 0.5).sum(axis=(1, 2)) % 10
+        return {"probabilities": np.eye(10, dtype=np.float32)[digits], "novelty": np.zeros(len(pictures))}
+
+    def explain_spy(pictures):  # a stand-in explainer: one dense layer, each picture's count of ink
+        calls.append(int(np.any(pictures > 0, axis=(1, 2)).sum()))  # pictures not blank
+        if len(calls) > 1:  # the first is the app's own, of a blank picture
+            model_busy.wait(30)
+        ink = (pictures > 0.5).sum(axis=(1, 2)).astype(np.float32)
+        return {"input": pictures, "layers": [{"name": "dense", "values": ink[:, None]}],
+                "probabilities": ink_counter(pictures)["probabilities"], "saliency": pictures}
+
+    app = serve.create_app(ink_counter, explain_spy, 0, float("inf"), max_wait=0)
+    bodies = [encoded(draw(digit)) for digit in (1, 7, 0, 1, 7, 0)]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        replies = [pool.submit(app.test_client().post, "/explain", data=body, content_type="image/png")
+                   for body in bodies]
+        for _ in range(600):  # until every request is with the explainer or waiting for it
+            if len(calls) == 2 and calls[1] + app.extensions["explainer"].waiting.qsize() == len(bodies):
+                break
+            time.sleep(0.05)
+        model_busy.set()
+        answers = [reply.result().get_json() for reply in replies]
+    assert len(calls) <= 3 and sum(calls[1:]) == len(bodies), calls
+    for body, answer in zip(bodies, answers):
+        (own,) = photo.mnist_digits(Image.open(io.BytesIO(body)), ink_counter)
+        assert answer["layers"] == [{"name": "dense", "shape": [1], "values": [float((own > 0.5).sum())]}], answer
+
+
 # ---- inside the network: POST /explain ------------------------------------------------------------------
 
 EXPLAINED_NETWORKS = ["digitnet", "cnn_small", "mlp_dropout"]  # DigitNet and two of --list_models: 2, 0 conv blocks
@@ -436,7 +468,7 @@ def test_strokes_drawn_on_the_page_are_read_off_it(page):
     page.click("#read")
     shown = answered(page)
     assert len(shown) == 2 and all(character.isdigit() for character in shown), shown
-    assert page.locator(".piece img").count() == 2 and page.locator(".piece .bar").count() == 20
+    assert page.locator("#pieces .piece img").count() == 2 and page.locator("#pieces .piece .bar").count() == 20
 
 
 def test_each_probability_bar_shows_its_number_beside_it(page):
@@ -444,11 +476,11 @@ def test_each_probability_bar_shows_its_number_beside_it(page):
     draw_two_strokes(page)
     page.click("#read")
     answered(page)
-    values = page.locator(".piece .bar .value").all_text_contents()
+    values = page.locator("#pieces .piece .bar .value").all_text_contents()
     assert len(values) == 20 and all(value.endswith("%") and value[:-1].isdigit() for value in values), values
     for piece in range(2):  # each piece's numbers add up to about 100%, and the best's is the largest
         numbers = [int(value[:-1]) for value in values[10 * piece:10 * piece + 10]]
-        best = page.locator(".piece").nth(piece).locator(".bar.best .value").text_content()
+        best = page.locator("#pieces .piece").nth(piece).locator(".bar.best .value").text_content()
         assert 95 <= sum(numbers) <= 105 and int(best[:-1]) == max(numbers), numbers
 
 
