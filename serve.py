@@ -12,7 +12,21 @@ reads, the very preprocessing python predict.py uses:
      "pieces": [{"digit": 2, "sure": true, "probabilities": [10 numbers], "novelty": 0.82,
                  "digit_probability": 0.99, "picture": "data:image/png;base64,..."}, ...]}
 
-"digits" is "?" when there is no digit (then "details" says why, and "pieces" may be empty). Refusals are
+"digits" is "?" when there is no digit (then "details" says why, and "pieces" may be empty).
+
+While you draw, the page asks `POST /explain` (the same body, limits and refusals) to show inside the network:
+the same answer and, for the first piece, the 28x28 input it reads, each block's output, its probabilities
+and the saliency (the gradient of the likeliest digit's logit with respect to each pixel), from the
+SavedModel's `explain` signature (predict.load_explainer):
+
+    {"digits": ..., "details": ..., "pieces": [...], "piece": 0, "input": [28 rows of 28],
+     "layers": [{"name": "block1", "shape": [14, 14, 32], "values": [14 rows of 14 of 32]}, ...,
+                {"name": "dense", "shape": [128], "values": [128 numbers]}],
+     "probabilities": [10 numbers], "saliency": [28 rows of 28]}
+
+`GET /kernels` answers the kernels that make each conv block's maps, once: {"layers": [{"name": "block1",
+"shape": [5, 5, 1, 32], "kernel": [...], "bias": [32 numbers]}, ...]}. A model exported before there was an
+`explain` signature answers both with 501 and the line saying so; /predict still reads. Refusals are
 {"error": "..."}: a body over MAX_BYTES, chunked or not, 413 (and the connection is closed); another
 Content-Type 415; a file that is not a picture 400; one of more than photo.MAX_PIXELS pixels (a decompression
 bomb) 413; a picture over BIG_PICTURE pixels while others that large are already waiting their turn, 503.
@@ -22,7 +36,8 @@ waitress serves the Flask app, a production server: `threads` requests are read 
 their turn, at most `connection_limit` connections are open, a connection silent for `read_timeout` seconds (a
 half-sent body, an idle keep-alive) is closed, and a body is never buffered past MAX_BYTES. Each request's
 picture is decoded and cleaned in its own thread, outside any lock; the model reads the digits of every
-request waiting at that moment in one call (dynamic batching, as TensorFlow Serving does). A picture of more
+request waiting at that moment in one call (dynamic batching, as TensorFlow Serving does), and the explainer,
+in a thread of its own, the first digit of every /explain waiting. A picture of more
 than BIG_PICTURE pixels is decoded and cleaned one at a time, so huge pictures wait for one another and not
 for the small ones. The memory a busy moment took is handed back once the server is quiet. It listens on
 127.0.0.1 unless told otherwise. Its limits under load: docs/serving.md.
@@ -72,17 +87,27 @@ BIG_ADMITTED = 2  # big pictures in the server at once, one read and one waiting
 MAX_BATCH = 256  # digits the model reads in one call at most (a picture holds photo.MAX_DIGITS at most)
 MALLOC_ARENAS = 2  # glibc's memory pools for all the threads (docs/serving.md: memory that only grew)
 IDLE = 1.0  # seconds without a request after which the memory freed is handed back to the system
+DECIMALS = 4  # places the numbers of /explain and /kernels are rounded to: JSON less than half the size
 LINGER = 5  # seconds a refused body is still read (and dropped) so that its sender reads the refusal
 
 
-def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY,
+def create_app(classify, explain, min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY,
                min_digit_probability=predict.MIN_DIGIT_PROBABILITY, max_wait=batch_wait):
-    """The Flask app: GET / is the page, POST /predict reads a picture. classify: as predict.read's
-    (predict.load_classifier), called by one thread, with the digits of every request waiting (BatchedModel)."""
+    """The Flask app: GET / is the page, POST /predict reads a picture, POST /explain reads it and shows inside
+    the network, GET /kernels the network's kernels. classify: as predict.read's (predict.load_classifier);
+    explain: predict.load_explainer's function, or the predict.NoExplainer it raised (then /explain and /kernels
+    refuse with its line, 501). Each is called by one thread of its own, with the digits of every request
+    waiting (BatchedModel)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BYTES
     model = app.extensions["model"] = BatchedModel(classify, max_wait)
+    if isinstance(explain, predict.NoExplainer):
+        explainer = layer_names = kernels = None
+    else:
+        explainer = app.extensions["explainer"] = BatchedModel(per_picture(explain), max_wait)
+        layer_names, kernels = network_layers(explain)
     big_pictures = BigPictures()
+    limits = (min_confidence, max_novelty, min_digit_probability)
 
     @app.get("/")
     def page():
@@ -90,27 +115,25 @@ def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=pred
 
     @app.post("/predict")
     def read_picture():
-        content_type = request.mimetype
-        if content_type not in IMAGE_TYPES:
-            return refuse(415, f"Content-Type {content_type or 'missing'}: send image/png or image/jpeg")
-        body = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: werkzeug raises 413 here
-        if not body:
-            return refuse(400, "empty body: send the picture's bytes")
-        try:
-            image = photo.open_picture(io.BytesIO(body))
-            with big_pictures.turn(image):
-                pictures = photo.mnist_digits(image, model)  # predict.read's cleaning ...
-            reading = predict.judged(pictures, model(pictures), min_confidence, max_novelty,  # ... and answer
-                                     min_digit_probability)
-        except photo.NoDigit as reason:
-            reading = predict.no_digit(reason)
-        except photo.PictureTooLarge as error:
-            return refuse(413, str(error))
-        except BigPictures.Busy as error:
-            return refuse(503, str(error))
-        except ValueError as error:
-            return refuse(400, str(error))
-        return jsonify(answer(reading))
+        return jsonify(answer(read_request(model, big_pictures, limits)))
+
+    @app.post("/explain")
+    def explain_picture():
+        if explainer is None:
+            raise Refused(501, str(explain))
+        reading = read_request(model, big_pictures, limits)
+        inside = explainer(reading.pictures[:1]) if len(reading.pictures) else None
+        return jsonify(explanation(reading, inside, layer_names))
+
+    @app.get("/kernels")
+    def network_kernels():
+        if kernels is None:
+            raise Refused(501, str(explain))
+        return jsonify(layers=kernels)
+
+    @app.errorhandler(Refused)
+    def refused(error):
+        return refuse(*error.args)
 
     @app.errorhandler(HTTPException)
     def http_error(error):  # 404, 405, 413 from werkzeug: JSON like the rest
@@ -119,6 +142,34 @@ def create_app(classify, min_confidence=predict.MIN_CONFIDENCE, max_novelty=pred
         return refuse(error.code, error.description)
 
     return app
+
+
+def read_request(model, big_pictures, limits):
+    """The request's picture, cleaned and read as predict.read does (model: BatchedModel; limits: predict.judged's
+    min_confidence, max_novelty and min_digit_probability) -> predict.Reading; raises Refused."""
+    content_type = request.mimetype
+    if content_type not in IMAGE_TYPES:
+        raise Refused(415, f"Content-Type {content_type or 'missing'}: send image/png or image/jpeg")
+    body = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: werkzeug raises 413 here
+    if not body:
+        raise Refused(400, "empty body: send the picture's bytes")
+    try:
+        image = photo.open_picture(io.BytesIO(body))
+        with big_pictures.turn(image):
+            pictures = photo.mnist_digits(image, model)  # predict.read's cleaning ...
+        return predict.judged(pictures, model(pictures), *limits)  # ... and answer
+    except photo.NoDigit as reason:
+        return predict.no_digit(reason)
+    except photo.PictureTooLarge as error:
+        raise Refused(413, str(error))
+    except BigPictures.Busy as error:
+        raise Refused(503, str(error))
+    except ValueError as error:
+        raise Refused(400, str(error))
+
+
+class Refused(Exception):
+    """(status, message): the request is refused with {"error": message}."""
 
 
 def refuse(status, message):
@@ -133,6 +184,46 @@ def answer(reading):
               for picture, p, novelty, gate, sure in zip(reading.pictures, reading.probabilities, reading.novelty,
                                                          reading.digit_probability, reading.sure)]
     return dict(digits=reading.digits, details=reading.details, pieces=pieces)
+
+
+def explanation(reading, inside, layer_names):
+    """predict.Reading, what the explainer (per_picture) made of its first piece (None for no piece) and the
+    layers' names -> the JSON-ready answer of /explain: /predict's (answer) and {"piece": 0 (the first piece,
+    the leftmost, is the one shown), "input": 28 rows of 28, "layers": [{"name", "shape", "values" (nested as the
+    shape: [h][w][channels] or [units])}, ...], "probabilities": [10] (the explained network's: of an ensemble,
+    its first member's), "saliency": 28 rows of 28}, every number rounded to DECIMALS places."""
+    if inside is None:
+        return dict(answer(reading), piece=None, input=None, layers=[], probabilities=None, saliency=None)
+    layers = [dict(name=name, shape=list(inside[f"layer_{i}"].shape[1:]), values=rounded(inside[f"layer_{i}"][0]))
+              for i, name in enumerate(layer_names)]
+    return dict(answer(reading), piece=0, input=rounded(inside["input"][0]), layers=layers,
+                probabilities=rounded(inside["probabilities"][0]), saliency=rounded(inside["saliency"][0]))
+
+
+def per_picture(explain):
+    """predict.load_explainer's function -> one that answers only what differs from picture to picture, a row
+    each (as BatchedModel hands them out): {"input", "probabilities", "saliency", "layer_0", ...}."""
+    def rows(pictures):
+        said = explain(pictures)
+        return {"input": said["input"], "probabilities": said["probabilities"], "saliency": said["saliency"],
+                **{f"layer_{i}": layer["values"] for i, layer in enumerate(said["layers"])}}
+    return rows
+
+
+def network_layers(explain):
+    """What is the same for every picture, as the explainer says it of a blank one -> (the layers' names in the
+    network's order; the kernels of those a convolution makes, JSON-ready: [{"name", "shape" [h, w, in, out],
+    "kernel" (nested as the shape), "bias" [out]}, ...]). GET /kernels sends them once: repeated in every
+    /explain they would make it ten times larger (DigitNet's are 93,000 numbers)."""
+    layers = explain(np.zeros([1, photo.SIDE, photo.SIDE], np.float32))["layers"]
+    return [layer["name"] for layer in layers], [
+        dict(name=layer["name"], shape=list(layer["kernel"].shape), kernel=rounded(layer["kernel"]),
+             bias=rounded(layer["bias"])) for layer in layers if "kernel" in layer]
+
+
+def rounded(values):
+    """An array -> nested lists of its numbers rounded to DECIMALS places."""
+    return np.round(np.asarray(values, np.float64), DECIMALS).tolist()
 
 
 def png_data_url(picture):
@@ -354,8 +445,13 @@ def main(argv=None):
     except OSError as error:
         print(f"error: {cannot_listen(args.host, args.port, error)}", file=sys.stderr)
         return 2
-    app = create_app(predict.load_classifier(), args.min_confidence, args.max_novelty, args.min_digit_probability,
-                     args.batch_wait)
+    try:
+        explain = predict.load_explainer()
+    except predict.NoExplainer as reason:  # /predict works; /explain says why it cannot
+        print(f"note: {reason}", file=sys.stderr)
+        explain = reason
+    app = create_app(predict.load_classifier(), explain, args.min_confidence, args.max_novelty,
+                     args.min_digit_probability, args.batch_wait)
     server = make_server(app, listening, args)
     print(f"serving {predict.SAVED_MODEL} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
     server.run()  # until Ctrl-C

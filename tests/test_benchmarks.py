@@ -79,11 +79,12 @@ def test_serve_load_quick_prints_its_table_and_writes_its_json(tmp_path, tiny_sa
     table = [line for line in stdout.splitlines() if line.startswith("| ")]
     assert [cell.strip() for cell in table[0].strip("|").split("|")] == [
         "phase", "requests", "errors", "requests/s", "p50 (s)", "p95 (s)", "p99 (s)", "server RSS (MB)"]
-    assert [row.split("|")[1].strip() for row in table[1:7]] == ["start (after warm-up)", "valid", "photos", "abuse",
-                                                                  "mix", "soak"]
+    assert [row.split("|")[1].strip() for row in table[1:8]] == ["start (after warm-up)", "valid", "explain", "photos",
+                                                                  "abuse", "mix", "soak"]
     assert set(results) == {"settings", "load_average_at_start", "cores", "phases", "peak_rss_mb", "targets"}
     phases = results["phases"]
     assert phases["valid"]["requests"] == 4 * 3 and phases["photos"]["requests"] == 2  # quick: 4 clients x 3
+    assert phases["explain"]["requests"] == 4 * 3 and phases["explain"]["errors"] == 0  # 2 of the 4 to /explain
     assert all(phases[phase]["rss_mb"] > 100 for phase in phases)  # TensorFlow alone takes more
     # Every bad request of every kind got its documented answer, and the server stayed up.
     kinds = phases["abuse"]["kinds"]
