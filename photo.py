@@ -98,6 +98,9 @@ def working_pixels(image):
         raise ValueError(f"cannot decode the picture: {error}") from None
     if image.mode != "F":
         pixels = pixels / 255
+    if pixels.ndim == 3 and np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0],
+                                                                                                pixels[..., 2]):
+        pixels = pixels[..., 0]  # greys stored as colour (a page's canvas): one channel says it all, at a third
     return pixels.reshape(*pixels.shape[:2], -1)
 
 
