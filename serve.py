@@ -32,21 +32,25 @@ Content-Type 415; a file that is not a picture 400; one of more than photo.MAX_P
 bomb) 413; a picture over BIG_PICTURE pixels while others that large are already waiting their turn, 503.
 The server goes on serving.
 
-waitress serves the Flask app, a production server: `threads` requests are read at once and the others wait
-their turn, at most `connection_limit` connections are open, a connection silent for `read_timeout` seconds (a
-half-sent body, an idle keep-alive) is closed, and a body is never buffered past MAX_BYTES. Each request's
-picture is decoded and cleaned in its own thread, outside any lock; the model reads the digits of every
-request waiting at that moment in one call (dynamic batching, as TensorFlow Serving does), and the explainer,
-in a thread of its own, the first digit of every /explain waiting. A picture of more
-than BIG_PICTURE pixels is decoded and cleaned one at a time, so huge pictures wait for one another and not
-for the small ones. The memory a busy moment took is handed back once the server is quiet. It listens on
-127.0.0.1 unless told otherwise. Its limits under load: docs/serving.md.
+waitress serves the Flask app, a production server, from `processes` processes (on Linux), each with its own model:
+in one process Python cleans one picture at a time, however many threads it has. `threads` requests are read at
+once in all and the others wait their turn, at most `connection_limit` connections are open, a connection silent
+for `read_timeout` seconds (a half-sent body, an idle keep-alive) is closed, and a body is never buffered past
+MAX_BYTES. Each request's picture is decoded and cleaned in its own thread, outside any lock; the model reads the
+digits of every request waiting at that moment in one call (dynamic batching, as TensorFlow Serving does), and the
+explainer, in a thread of its own, the first digit of every /explain waiting. A picture of more than BIG_PICTURE
+pixels is decoded and cleaned one at a time, so huge pictures wait for one another and not for the small ones. The
+memory a busy moment took is handed back once the server is quiet. It listens on 127.0.0.1 unless told otherwise.
+Its limits under load: docs/serving.md.
 """
 # ---- settings: each is also a flag, e.g. --port 8080 ----
 host = "127.0.0.1"       # the address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network)
 port = 8000              # the port to listen on
-threads = 8              # requests decoded and cleaned at once (waitress' threads); the others wait their turn
-connection_limit = 100   # open connections at most; more wait to be accepted
+processes: int = None    # server processes, each with its own model and its share of threads and connections
+                         # (Python cleans one picture at a time in a process); not set: 2 on Linux, 1 elsewhere
+threads = 8              # requests decoded and cleaned at once, in all the processes (waitress' threads); the
+                         # others wait their turn
+connection_limit = 100   # open connections at most, in all the processes; more wait to be accepted
 read_timeout = 20        # seconds a connection may stay silent (a stalled upload, an idle keep-alive) before it
                          # is closed
 batch_wait = 0.002       # seconds the model waits for more digits after the first one arrives
@@ -56,13 +60,16 @@ import ctypes
 import errno
 import io
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, redirect_stderr
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -92,12 +99,13 @@ LINGER = 5  # seconds a refused body is still read (and dropped) so that its sen
 
 
 def create_app(classify, explain, min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY,
-               min_digit_probability=predict.MIN_DIGIT_PROBABILITY, max_wait=batch_wait):
+               min_digit_probability=predict.MIN_DIGIT_PROBABILITY, max_wait=batch_wait, big_pictures=None):
     """The Flask app: GET / is the page, POST /predict reads a picture, POST /explain reads it and shows inside
     the network, GET /kernels the network's kernels. classify: as predict.read's (predict.load_classifier);
     explain: predict.load_explainer's function, or the predict.NoExplainer it raised (then /explain and /kernels
     refuse with its line, 501). Each is called by one thread of its own, with the digits of every request
-    waiting (BatchedModel)."""
+    waiting (BatchedModel). big_pictures: the BigPictures shared by the processes serving, or None for the app's
+    own."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BYTES
     model = app.extensions["model"] = BatchedModel(classify, max_wait)
@@ -106,7 +114,7 @@ def create_app(classify, explain, min_confidence=predict.MIN_CONFIDENCE, max_nov
     else:
         explainer = app.extensions["explainer"] = BatchedModel(per_picture(explain), max_wait)
         layer_names, kernels = network_layers(explain)
-    big_pictures = BigPictures()
+    big_pictures = big_pictures or BigPictures()
     limits = (min_confidence, max_novelty, min_digit_probability)
 
     @app.get("/")
@@ -299,14 +307,15 @@ class BatchedModel:
 class BigPictures:
     """A picture of more than BIG_PICTURE pixels waits for the one before it to be decoded and cleaned: huge
     pictures cost their senders (they take turns), not everyone (each holds one of the server's threads and a
-    large buffer while it is read). At most BIG_ADMITTED are in the server at once; more are refused (Busy)."""
+    large buffer while it is read). At most BIG_ADMITTED are in the server at once; more are refused (Busy).
+    For several processes, their semaphore and lock are multiprocessing's, made before the processes fork."""
 
     class Busy(Exception):
         pass
 
-    def __init__(self):
-        self.admitted = threading.BoundedSemaphore(BIG_ADMITTED)
-        self.reading = threading.Lock()
+    def __init__(self, threads_or_processes=threading):
+        self.admitted = threads_or_processes.BoundedSemaphore(BIG_ADMITTED)
+        self.reading = threads_or_processes.Lock()
 
     @contextmanager
     def turn(self, image):
@@ -315,7 +324,7 @@ class BigPictures:
         if width * height <= BIG_PICTURE:
             yield
             return
-        if not self.admitted.acquire(blocking=False):
+        if not self.admitted.acquire(False):  # threading says blocking=, multiprocessing block=
             raise BigPictures.Busy(f"busy reading other pictures of more than {BIG_PICTURE // 10**6} million pixels:"
                                    " try again in a moment, or send a smaller picture")
         try:
@@ -419,7 +428,7 @@ def return_free_memory():
 
 
 def main(argv=None):
-    parser = flags.settings_parser(globals())
+    parser = flags.settings_parser(globals(), unset="2 on Linux, 1 elsewhere")
     parser.add_argument("--min_confidence", type=float, default=predict.MIN_CONFIDENCE,
                         help=f"answer ? below this probability (default {predict.MIN_CONFIDENCE}; 0: never for this)")
     parser.add_argument("--max_novelty", type=float, default=predict.MAX_NOVELTY,
@@ -428,9 +437,16 @@ def main(argv=None):
                         help=f"answer ? below this probability of being a digit at all, the digit gate's (default "
                              f"{predict.MIN_DIGIT_PROBABILITY}; 0: never for this)")
     args = parser.parse_args(argv)
-    for name, lowest in [("threads", 1), ("connection_limit", 1), ("read_timeout", 1)]:
+    on_linux = sys.platform.startswith("linux")
+    if args.processes is None:
+        args.processes = 2 if on_linux else 1
+    for name, lowest in [("processes", 1), ("threads", args.processes), ("connection_limit", args.processes),
+                         ("read_timeout", 1)]:
         if getattr(args, name) < lowest:
-            parser.error(f"--{name} {getattr(args, name)}: must be at least {lowest}")
+            parser.error(f"--{name} {getattr(args, name)}: must be at least {lowest}"
+                         + (" (one for each process)" if name in ("threads", "connection_limit") else ""))
+    if args.processes > 1 and not on_linux:
+        parser.error(f"--processes {args.processes}: several processes need Linux (its SO_REUSEPORT); use 1")
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port}: must be in 1..65535")
     if not 0 <= args.batch_wait <= 1:
@@ -440,22 +456,126 @@ def main(argv=None):
         return 2
     fewer_malloc_arenas()
     try:  # before TensorFlow starts: a port that is taken is said at once
-        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-        listening = socket.create_server((args.host, args.port), family=family, backlog=args.connection_limit)
+        listening = listening_sockets(args.host, args.port, args.processes, args.connection_limit)
     except OSError as error:
         print(f"error: {cannot_listen(args.host, args.port, error)}", file=sys.stderr)
         return 2
+    if args.processes > 1:
+        return serve_in_processes(listening, args)
+    server = loaded_server(listening[0], args, BigPictures(), args.threads, args.connection_limit)
+    print(serving_line(args), flush=True)
+    server.run()  # until Ctrl-C
+    return 0
+
+
+def listening_sockets(host, port, count, backlog):
+    """count sockets listening on host:port, one for each process. Several are bound with SO_REUSEPORT: Linux
+    then hands each new connection to one of them by a hash of its addresses, evenly. Processes sharing one
+    socket would race for each connection instead, and the one that wakes first, the least busy at first, takes
+    nearly all (a browser's connections, kept alive, stay where they landed). A plain socket is bound first and
+    closed, so that a port in use, by a server of any kind, is refused as for one process."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if count == 1:
+        return [socket.create_server((host, port), family=family, backlog=backlog)]
+    socket.create_server((host, port), family=family).close()
+    return [socket.create_server((host, port), family=family, backlog=backlog, reuse_port=True)
+            for _ in range(count)]
+
+
+def serving_line(args):
+    processes = f"{args.processes} process{'es' if args.processes > 1 else ''}"
+    return f"serving {predict.SAVED_MODEL} on http://{args.host}:{args.port} ({processes}; Ctrl-C stops)"
+
+
+def loaded_server(listening, args, big_pictures, threads, connection_limit):
+    """The model loaded, the app made and waitress serving it on the listening socket with these many threads
+    and connections (a process's share)."""
     try:
         explain = predict.load_explainer()
     except predict.NoExplainer as reason:  # /predict works; /explain says why it cannot
         print(f"note: {reason}", file=sys.stderr)
         explain = reason
     app = create_app(predict.load_classifier(), explain, args.min_confidence, args.max_novelty,
-                     args.min_digit_probability, args.batch_wait)
-    server = make_server(app, listening, args)
-    print(f"serving {predict.SAVED_MODEL} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    server.run()  # until Ctrl-C
-    return 0
+                     args.min_digit_probability, args.batch_wait, big_pictures)
+    return make_server(app, listening, SimpleNamespace(threads=threads, connection_limit=connection_limit,
+                                                       read_timeout=args.read_timeout))
+
+
+def serve_in_processes(listening, args):
+    """args.processes processes serving the port, each on its own socket of `listening` (listening_sockets), with
+    its own model, batch and share of the threads and connections. In a process Python runs one
+    thread at a time, and cleaning a picture is Python's work (numpy, scipy and Pillow hold the lock too), so one
+    process reads pictures on one core however many threads it has. They are forked before TensorFlow starts
+    (TensorFlow's threads do not survive a fork), share the BigPictures turns, and stop with this one (Ctrl-C,
+    SIGTERM, or its death). If one stops, the others are stopped and the line says why. -> exit status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    forked = multiprocessing.get_context("fork")
+    big_pictures = BigPictures(forked)
+    workers, reports = [], []
+    for index in range(args.processes):
+        receive, send = forked.Pipe(duplex=False)
+        share = [limit // args.processes + (index < limit % args.processes)
+                 for limit in (args.threads, args.connection_limit)]
+        workers.append(forked.Process(target=serve_one, args=(listening, args, big_pictures, send, index, *share),
+                                      name=f"serve.py process {index + 1}"))
+        workers[-1].start()
+        send.close()  # the process holds its own end: when it dies, this one reads the end of the pipe
+        reports.append(receive)
+    for own in listening:  # each socket is its process's alone: one that dies takes its socket out of the port
+        own.close()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the finally below stops the processes
+    try:
+        starting = dict(zip(reports, workers))
+        while starting:  # each process says it serves, or why it cannot
+            ready = multiprocessing.connection.wait([*starting, *(w.sentinel for w in starting.values())])
+            for report, worker in list(starting.items()):
+                if report not in ready and worker.sentinel not in ready:
+                    continue
+                try:
+                    problem = report.recv()
+                except EOFError:  # it died before saying anything (killed, out of memory)
+                    worker.join()
+                    problem = f"it stopped (exit status {worker.exitcode})"
+                if problem:
+                    print(f"error: {worker.name} could not start: {problem}", file=sys.stderr)
+                    return 2
+                del starting[report]
+        print(serving_line(args), flush=True)
+        stopped = multiprocessing.connection.wait([worker.sentinel for worker in workers])
+        worker = next(w for w in workers if w.sentinel in stopped)
+        worker.join()
+        print(f"error: {worker.name} stopped (exit status {worker.exitcode}); the others are stopped too",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal's group: each stops itself
+        return 0
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join()
+
+
+def serve_one(listening, args, big_pictures, report, index, threads, connection_limit):
+    """One process of serve_in_processes: loads the model, says on `report` "" or why it cannot, and serves until
+    stopped. Stops when the first process dies, even by SIGKILL (Linux' parent-death signal). The first process
+    alone says the model's notes."""
+    pr_set_pdeathsig = 1
+    if GLIBC:
+        GLIBC.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    for other in listening[:index] + listening[index + 1:]:
+        other.close()
+    try:
+        with nullcontext() if index == 0 else redirect_stderr(io.StringIO()):
+            server = loaded_server(listening[index], args, big_pictures, threads, connection_limit)
+    except KeyboardInterrupt:
+        return
+    except Exception as error:
+        report.send(f"{type(error).__name__}: {error}")
+        sys.exit(1)
+    report.send("")
+    server.run()  # until SIGINT (Ctrl-C) or SIGTERM
 
 
 def cannot_listen(host, port, error):

@@ -183,11 +183,19 @@ def start_server(workdir):
 
 
 def resident_mb(process, settle=0):
-    """The server's resident memory (VmRSS), MB, after settle seconds without requests."""
+    """The server's resident memory (VmRSS of serve.py and of its processes), MB, after settle seconds without
+    requests."""
     time.sleep(settle)
-    for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    pids, total = [process.pid], 0
+    while pids:
+        pid = pids.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            pids += [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except FileNotFoundError:  # it has just ended
+            continue
+        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return total / 1024
 
 
 class Client:

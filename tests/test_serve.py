@@ -50,12 +50,11 @@ def server(tmp_path_factory, tiny_saved_model):  # noqa: F811
     address = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):  # TensorFlow takes a while to start on a busy machine
-            try:
-                urllib.request.urlopen(address + "/", timeout=2)
+            assert process.poll() is None, (workdir / "serve.log").read_text()
+            if "serving" in (workdir / "serve.log").read_text():  # said once every process serves
                 break
-            except OSError:
-                assert process.poll() is None, (workdir / "serve.log").read_text()
-                time.sleep(0.5)
+            time.sleep(0.5)
+        urllib.request.urlopen(address + "/", timeout=10)
         yield address, (workdir / "serve.log").read_text()
     finally:
         process.terminate()
@@ -81,7 +80,7 @@ def encoded(image, image_format="PNG"):
 
 def test_listens_on_this_machine_only_unless_told(server):
     address, printed = server
-    assert f"serving model/saved_model on {address} (Ctrl-C stops)" in printed.splitlines()
+    assert f"serving model/saved_model on {address} (2 processes; Ctrl-C stops)" in printed.splitlines()
 
 
 def test_a_port_already_taken_is_refused_in_one_line_naming_it_and_nothing_is_announced(tmp_path,
@@ -210,6 +209,138 @@ def test_a_client_that_stalls_mid_body_is_cut_off_after_the_read_timeout(server)
     assert closed and reply == b""  # the request never came whole: nothing to answer
     assert time.monotonic() - started < READ_TIMEOUT + 15
     assert post(address, encoded(draw(1)), "image/png")[0] == 200
+
+
+# ---- several processes ---------------------------------------------------------------------------------------
+
+def children(pid):
+    """The pids of a process's children (Linux)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def sockets_open(pid):
+    return sum(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+@contextmanager
+def started(tiny_saved_model, workdir, *flags):  # noqa: F811
+    """python serve.py --port P *flags in workdir (the tiny model), once it says it serves -> (process, address)."""
+    (workdir / "model").mkdir(parents=True)
+    os.symlink(tiny_saved_model, workdir / "model" / "saved_model")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--port", str(port), *flags], cwd=workdir,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "serving" in process.stdout.readline(), process.stderr.read()
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait()
+
+
+def gone(pids, within=10):
+    """Whether every one of the processes has ended (or is a zombie) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}")
+                 and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--processes", "0"], "--processes 0: must be at least 1"),
+    (["--threads", "1"], "--threads 1: must be at least 2 (one for each process)"),
+    (["--processes", "3", "--connection_limit", "2"], "--connection_limit 2: must be at least 3 (one for each process)"),
+])
+def test_a_share_of_less_than_one_thread_or_connection_per_process_is_refused_in_one_line(flags, message):
+    result = subprocess.run([sys.executable, str(REPO / "serve.py"), *flags], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and message in result.stderr.splitlines()[-1], result.stderr
+
+
+def test_each_of_the_processes_accepts_connections_on_the_one_port(tmp_path, tiny_saved_model):  # noqa: F811
+    with started(tiny_saved_model, tmp_path, "--processes", "2") as (process, address):
+        workers = children(process.pid)
+        assert len(workers) == 2
+        before = [sockets_open(pid) for pid in workers]
+        connections = [socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1]))) for _ in range(40)]
+        try:
+            time.sleep(1)
+            after = [sockets_open(pid) for pid in workers]
+        finally:
+            for connection in connections:
+                connection.close()
+    assert all(now > then for now, then in zip(after, before)), (before, after)
+
+
+def test_a_second_server_on_the_port_of_one_serving_from_processes_is_refused(tmp_path,
+                                                                                tiny_saved_model):  # noqa: F811
+    """The processes' sockets share the port (SO_REUSEPORT): another serve.py must not join them."""
+    with started(tiny_saved_model, tmp_path / "first") as (process, address):
+        port = address.rsplit(":", 1)[1]
+        result = subprocess.run([sys.executable, str(REPO / "serve.py"), "--port", port], cwd=tmp_path / "first",
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and f"port {port} is already in use" in result.stderr, result.stderr
+
+
+def test_a_process_that_dies_stops_the_server_with_a_line_saying_so(tmp_path, tiny_saved_model):  # noqa: F811
+    with started(tiny_saved_model, tmp_path) as (process, address):
+        first, second = children(process.pid)
+        os.kill(second, 9)
+        assert process.wait(timeout=30) == 1
+        said = process.stderr.read().splitlines()
+        assert said[-1] == "error: serve.py process 2 stopped (exit status -9); the others are stopped too", said
+        assert gone([first])
+
+
+def test_stopping_the_server_stops_its_processes_and_frees_the_port(tmp_path, tiny_saved_model):  # noqa: F811
+    with started(tiny_saved_model, tmp_path) as (process, address):
+        workers = children(process.pid)
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+        assert gone(workers)
+        socket.create_server(("127.0.0.1", int(address.rsplit(":", 1)[1]))).close()
+
+
+def test_the_processes_stop_when_the_first_is_killed_outright(tmp_path, tiny_saved_model):  # noqa: F811
+    with started(tiny_saved_model, tmp_path) as (process, address):
+        workers = children(process.pid)
+        process.kill()  # SIGKILL: it cannot stop them itself
+        assert gone(workers)
+
+
+def test_big_pictures_take_turns_across_processes():
+    """Two big pictures in the server at once, wherever they are read; a third is refused."""
+    import multiprocessing
+    forked = multiprocessing.get_context("fork")
+    big_pictures, holding, release = serve.BigPictures(forked), forked.Event(), forked.Event()
+    big = SimpleNamespace(size=(3000, 3000), draft=lambda *_: None)
+
+    def read_a_big_picture():
+        with big_pictures.turn(big):
+            holding.set()
+            release.wait(30)
+
+    readers = [forked.Process(target=read_a_big_picture) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    try:
+        assert holding.wait(30)
+        deadline = time.monotonic() + 30
+        while big_pictures.admitted.get_value() and time.monotonic() < deadline:  # the second is in too, waiting
+            time.sleep(0.05)
+        with pytest.raises(serve.BigPictures.Busy):
+            with big_pictures.turn(big):
+                pass
+    finally:
+        release.set()
+        for reader in readers:
+            reader.join(30)
+    with big_pictures.turn(big):  # both read: a turn is free again
+        pass
 
 
 def huge_picture():
