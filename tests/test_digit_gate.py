@@ -1,6 +1,7 @@
 """The digit gate: a small network beside the classifier (model.DigitGate) that tells digits from what is no digit
 (letters.non_digit_pictures), trained by train.train_digit_gate, exported as the SavedModel's digit_probability, and
-read by predict.read, which answers "?" for a piece it refuses. The classifier itself is left as it was."""
+read by predict.read, which answers "?" for a piece it refuses (unless it passes most of the piece's picture). The
+classifier itself is left as it was."""
 import numpy as np
 import pytest
 
