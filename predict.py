@@ -11,7 +11,7 @@ One line per picture:
     letter_k.png: ?  (no digit: not a digit to the digit gate (below 0.3), at best 4 0.87 gate 0.02)
 A digit of a number that the model is unsure of, that is unlike the digits it learnt, or that the digit gate
 (a small network run.py trains beside the classifier, on digits against letters, scribbles, blobs and noise)
-says is no digit, shows as ? (and "4? 0.41" in the brackets).
+says is no digit (unless it takes most of the number's digits for digits), shows as ? (and "4? 0.41" in the brackets).
 
 Photos as people take them: dim or lit by a lamp to one side, on ruled or squared paper, with specks, a small
 number in a large photo, any ink colour, JPEG; photo.py cleans them into MNIST's 28x28 digits. Needs
@@ -40,8 +40,9 @@ SAVED_MODEL = "model/saved_model"
 # A network taught letters as no digit (run.py --outlier_exposure) is unsure of them instead, and of more
 # digits too: calibrated the same way (99% of the digits answered), it reads with --min_confidence 0.4.
 # The digit gate (model.DigitGate, the SavedModel's digit_probability) refuses a piece whose probability of being
-# a digit at all is below MIN_DIGIT_PROBABILITY, calibrated the same way (the highest that still answers 99% of
-# those digits, at the two limits above), between what two such calibrations on other photos of them gave.
+# a digit at all is below MIN_DIGIT_PROBABILITY, unless most pieces of its picture are above (digits_to_the_gate),
+# calibrated the same way (the highest that still answers 99% of those digits, at the two limits above), between
+# what two such calibrations on other photos of them gave.
 # The calibration and its figures: docs/photos.md.
 MIN_CONFIDENCE = 0.5
 MAX_NOVELTY = 1.7
@@ -93,7 +94,7 @@ def judged(pictures, said, min_confidence=MIN_CONFIDENCE, max_novelty=MAX_NOVELT
     digit_probability = np.asarray(said.get("digit_probability", np.ones(len(pictures))), np.float32)
     best = probabilities.argmax(axis=1)
     likely, familiar = probabilities.max(axis=1) >= min_confidence, novelty <= max_novelty
-    sure = likely & familiar & (digit_probability >= min_digit_probability)
+    sure = likely & familiar & digits_to_the_gate(digit_probability, min_digit_probability)
     if not sure.any():
         reason = why_no_digit(best, probabilities, novelty, digit_probability, likely & familiar, likely, max_novelty,
                               min_digit_probability)
@@ -105,6 +106,21 @@ def judged(pictures, said, min_confidence=MIN_CONFIDENCE, max_novelty=MAX_NOVELT
     else:
         details = ", ".join(f"{d}{'' if ok else '?'} {p[d]:.2f}" for d, ok, p in zip(best, sure, probabilities))
     return Reading(digits, details, pictures, probabilities, novelty, sure, digit_probability)
+
+
+def digits_to_the_gate(digit_probability, min_digit_probability=MIN_DIGIT_PROBABILITY):
+    """The digit gate's verdict on the pieces of one picture (float32 [n], each one's digit probability) -> bool [n]:
+    a piece passes if its own probability is at least min_digit_probability, or if most of the picture's pieces
+    (more than half) do:
+
+        passes_i = g_i >= t  or  #{j : g_j >= t} > n / 2
+
+    A written number is digits: one piece the gate doubts among pieces it takes for digits is more likely a digit
+    cut or cleaned oddly than a letter. A single piece, or two of which one is doubted, is judged by its own
+    probability alone; pictures of letters, whose pieces the gate doubts for the most part, are refused as before."""
+    digit_probability = np.asarray(digit_probability)
+    passes = digit_probability >= min_digit_probability
+    return passes | (passes.sum() > len(passes) / 2)
 
 
 def why_no_digit(best, probabilities, novelty, digit_probability, likely_and_familiar, likely, max_novelty,

@@ -298,10 +298,11 @@ def measure(picture, classify):
 def answer(pieces, min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY,
            min_digit_probability=predict.MIN_DIGIT_PROBABILITY):
     """What predict.read answers for a picture whose digits are pieces (measure's) at these limits: each piece
-    likely, familiar and a digit to the gate is its digit, the others ?; ? alone if none is. The pieces do not
-    depend on the limits, so one reading gives the answer at any of them (the same photos with and without the
-    gate)."""
-    sure = [p >= min_confidence and n <= max_novelty and g >= min_digit_probability for _, p, n, g in pieces]
+    likely, familiar and a digit to the gate (predict.digits_to_the_gate) is its digit, the others ?; ? alone if
+    none is. The pieces do not depend on the limits, so one reading gives the answer at any of them (the same photos
+    with and without the gate)."""
+    gate = predict.digits_to_the_gate([g for *_, g in pieces], min_digit_probability)
+    sure = [p >= min_confidence and n <= max_novelty and passes for (_, p, n, _), passes in zip(pieces, gate)]
     if not any(sure):
         return "?"
     return "".join(str(d) if ok else "?" for (d, *_), ok in zip(pieces, sure))

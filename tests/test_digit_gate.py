@@ -1,6 +1,7 @@
 """The digit gate: a small network beside the classifier (model.DigitGate) that tells digits from what is no digit
 (letters.non_digit_pictures), trained by train.train_digit_gate, exported as the SavedModel's digit_probability, and
-read by predict.read, which answers "?" for a piece it refuses. The classifier itself is left as it was."""
+read by predict.read, which answers "?" for a piece it refuses (unless it passes most of the piece's picture). The
+classifier itself is left as it was."""
 import numpy as np
 import pytest
 
@@ -121,12 +122,48 @@ def test_the_gates_limit_is_inclusive(tmp_path):
     assert predict.read(tmp_path / "seven.png", at_the_limit, min_digit_probability=stricter).digits == "?"
 
 
-def test_a_piece_of_a_number_the_gate_refuses_shows_as_a_question_mark(real_digits, tmp_path):
+def test_a_number_whose_one_piece_the_gate_doubts_is_still_read_whole(real_digits, tmp_path):
     from test_predict import on_paper, picture
     images, _ = real_digits
     picture(on_paper(list(images[[7, 1, 3], :, :, 0]), size=(1100, 450), height=250)).save(tmp_path / "number.png")
     reading = predict.read(tmp_path / "number.png", gated(sure_of(lambda i: 4), lambda i: 0.02 if i == 1 else 0.99))
-    assert reading.digits == "4?4"
+    assert reading.digits == "444", reading.details
+
+
+def judged_by_the_gate(pictures, digit_probability):
+    """predict.judged's answer for the first of these pictures, one per gate probability, the model sure (0.9) they
+    are 4s."""
+    pictures = pictures[:len(digit_probability), ..., 0]
+    return predict.judged(pictures, gated(sure_of(lambda i: 4), lambda i: digit_probability[i])(pictures))
+
+
+def test_a_piece_the_gate_doubts_beside_one_it_passes_is_a_question_mark_half_is_not_most(real_digits):
+    assert judged_by_the_gate(real_digits[0], [0.99, 0.02]).digits == "4?"
+
+
+def test_a_picture_whose_pieces_the_gate_mostly_doubts_keeps_them_as_question_marks(real_digits):
+    assert judged_by_the_gate(real_digits[0], [0.02, 0.99, 0.02]).digits == "?4?"
+
+
+def test_a_picture_of_several_pieces_all_doubted_by_the_gate_is_refused_and_says_why(real_digits):
+    reading = judged_by_the_gate(real_digits[0], [0.02, 0.1, 0.2, 0.29])
+    assert reading.digits == "?" and reading.details.startswith("no digit: not a digit to the digit gate"), \
+        reading.details
+
+
+def test_the_gates_majority_does_not_answer_a_piece_the_model_is_unsure_of(real_digits):
+    pictures = real_digits[0][:3, ..., 0]
+    said = gated(sure_of(lambda i: 4), lambda i: 0.02 if i == 1 else 0.99)(pictures)
+    said["probabilities"][1] = 0.1
+    assert predict.judged(pictures, said).digits == "4?4"
+
+
+def test_the_benchmark_answers_a_picture_as_predict_judges_it(real_digits):
+    """benchmarks/photos.py answers the same readings at several limits without predict.read: it must judge as
+    predict.judged does."""
+    from benchmarks import photos
+    for gate in ([0.99, 0.02, 0.99], [0.99, 0.02], [0.02, 0.99, 0.02], [0.02], [0.02, 0.1]):
+        assert photos.answer([[4, 0.9, 0.5, g] for g in gate]) == judged_by_the_gate(real_digits[0], gate).digits, gate
 
 
 # ---- what the gate is trained on ---------------------------------------------------------------------------
