@@ -33,7 +33,7 @@ bomb) 413; a picture over BIG_PICTURE pixels while others that large are already
 The server goes on serving.
 
 waitress serves the Flask app, a production server, from `processes` processes (on Linux), each with its own model:
-in one process Python cleans one picture at a time, however many threads it has. `threads` requests are read at
+in one process, much of cleaning a picture holds Python's lock, so one process cannot keep two cores busy. `threads` requests are read at
 once in all and the others wait their turn, at most `connection_limit` connections are open, a connection silent
 for `read_timeout` seconds (a half-sent body, an idle keep-alive) is closed, and a body is never buffered past
 MAX_BYTES. Each request's picture is decoded and cleaned in its own thread, outside any lock; the model reads the
@@ -46,8 +46,9 @@ Its limits under load: docs/serving.md.
 # ---- settings: each is also a flag, e.g. --port 8080 ----
 host = "127.0.0.1"       # the address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network)
 port = 8000              # the port to listen on
-processes: int = None    # server processes, each with its own model and its share of threads and connections
-                         # (Python cleans one picture at a time in a process); not set: 2 on Linux, 1 elsewhere
+processes: int = None    # server processes, each with its own model and its share of the threads and
+                         # connections (in one, much of the cleaning holds Python's lock: it cannot keep two cores
+                         # busy)
 threads = 8              # requests decoded and cleaned at once, in all the processes (waitress' threads); the
                          # others wait their turn
 connection_limit = 100   # open connections at most, in all the processes; more wait to be accepted
@@ -74,8 +75,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import orjson
 import waitress
 from flask import Flask, jsonify, request, send_file
+from flask.json.provider import JSONProvider
 from PIL import Image
 from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask
@@ -95,6 +98,7 @@ MAX_BATCH = 256  # digits the model reads in one call at most (a picture holds p
 MALLOC_ARENAS = 2  # glibc's memory pools for all the threads (docs/serving.md: memory that only grew)
 IDLE = 1.0  # seconds without a request after which the memory freed is handed back to the system
 DECIMALS = 4  # places the numbers of /explain and /kernels are rounded to: JSON less than half the size
+ACCEPT_TURN = 0.01  # seconds a process that stopped listening (accepting_the_fewest) waits to look again
 LINGER = 5  # seconds a refused body is still read (and dropped) so that its sender reads the refusal
 
 
@@ -108,6 +112,7 @@ def create_app(classify, explain, min_confidence=predict.MIN_CONFIDENCE, max_nov
     own."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BYTES
+    app.json = FastJSON(app)
     model = app.extensions["model"] = BatchedModel(classify, max_wait)
     if isinstance(explain, predict.NoExplainer):
         explainer = layer_names = kernels = None
@@ -150,6 +155,17 @@ def create_app(classify, explain, min_confidence=predict.MIN_CONFIDENCE, max_nov
         return refuse(error.code, error.description)
 
     return app
+
+
+class FastJSON(JSONProvider):
+    """Flask's JSON written by orjson: the same text at a fraction of the cost. An /explain's 10,000 numbers cost
+    Python's json about as much as the network's explaining of them."""
+
+    def dumps(self, obj, **kwargs):
+        return orjson.dumps(obj).decode()
+
+    def loads(self, s, **kwargs):
+        return orjson.loads(s)
 
 
 def read_request(model, big_pictures, limits):
@@ -389,14 +405,35 @@ class Channel(HTTPChannel):
             super().handle_close()
 
 
-def make_server(app, listening, settings):
-    """waitress serving app on the socket already listening, within the settings' limits."""
+def make_server(app, listening, settings, open_connections=None, index=0):
+    """waitress serving app on the socket already listening, within the settings' limits. open_connections: for
+    one of several processes sharing the socket, the count of each one's open connections (a shared array), and
+    index, this one's place in it (accepting_the_fewest)."""
     server = waitress.create_server(
         app, sockets=[listening], threads=settings.threads, connection_limit=settings.connection_limit,
         channel_timeout=settings.read_timeout, cleanup_interval=1, max_request_body_size=MAX_BYTES + 1,
         asyncore_use_poll=True)  # poll: select() cannot watch file descriptors past 1024
     server.channel_class = Channel
+    if open_connections is not None:
+        accepting_the_fewest(server, open_connections, index)
     return server
+
+
+def accepting_the_fewest(server, open_connections, index):
+    """The server listens for new connections only while no other process has fewer open (open_connections, a
+    multiprocessing array, one count for each, kept up to date by each at every turn of its loop). Processes
+    that share a listening socket otherwise race for each new connection, and the one that wakes first takes
+    it: at the start, when all are idle, one takes nearly all, and a browser's connection, kept alive, stays
+    where it landed. So the connections are shared out evenly, as a load balancer's "least connections" does.
+    A process that stopped listening learns that the others caught up only when its loop turns: every
+    ACCEPT_TURN seconds at the least, else new connections would wait for it (waitress' loop waits a second)."""
+    server.adj.asyncore_loop_timeout = ACCEPT_TURN  # as a setting, waitress takes whole seconds only
+    readable = server.readable
+
+    def readable_if_fewest():
+        open_connections[index] = len(server._map)  # its channels, and the listening socket and wake-up pipe
+        return readable() and open_connections[index] <= min(open_connections)
+    server.readable = readable_if_fewest
 
 
 def glibc():
@@ -437,16 +474,15 @@ def main(argv=None):
                         help=f"answer ? below this probability of being a digit at all, the digit gate's (default "
                              f"{predict.MIN_DIGIT_PROBABILITY}; 0: never for this)")
     args = parser.parse_args(argv)
-    on_linux = sys.platform.startswith("linux")
     if args.processes is None:
-        args.processes = 2 if on_linux else 1
+        args.processes = 2 if sys.platform.startswith("linux") else 1
     for name, lowest in [("processes", 1), ("threads", args.processes), ("connection_limit", args.processes),
                          ("read_timeout", 1)]:
         if getattr(args, name) < lowest:
             parser.error(f"--{name} {getattr(args, name)}: must be at least {lowest}"
                          + (" (one for each process)" if name in ("threads", "connection_limit") else ""))
-    if args.processes > 1 and not on_linux:
-        parser.error(f"--processes {args.processes}: several processes need Linux (its SO_REUSEPORT); use 1")
+    if args.processes > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        parser.error(f"--processes {args.processes}: this system cannot fork a process (Windows); use 1")
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port}: must be in 1..65535")
     if not 0 <= args.batch_wait <= 1:
@@ -456,30 +492,17 @@ def main(argv=None):
         return 2
     fewer_malloc_arenas()
     try:  # before TensorFlow starts: a port that is taken is said at once
-        listening = listening_sockets(args.host, args.port, args.processes, args.connection_limit)
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        listening = socket.create_server((args.host, args.port), family=family, backlog=args.connection_limit)
     except OSError as error:
         print(f"error: {cannot_listen(args.host, args.port, error)}", file=sys.stderr)
         return 2
     if args.processes > 1:
         return serve_in_processes(listening, args)
-    server = loaded_server(listening[0], args, BigPictures(), args.threads, args.connection_limit)
+    server = loaded_server(listening, args, BigPictures(), args.threads, args.connection_limit)
     print(serving_line(args), flush=True)
     server.run()  # until Ctrl-C
     return 0
-
-
-def listening_sockets(host, port, count, backlog):
-    """count sockets listening on host:port, one for each process. Several are bound with SO_REUSEPORT: Linux
-    then hands each new connection to one of them by a hash of its addresses, evenly. Processes sharing one
-    socket would race for each connection instead, and the one that wakes first, the least busy at first, takes
-    nearly all (a browser's connections, kept alive, stay where they landed). A plain socket is bound first and
-    closed, so that a port in use, by a server of any kind, is refused as for one process."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if count == 1:
-        return [socket.create_server((host, port), family=family, backlog=backlog)]
-    socket.create_server((host, port), family=family).close()
-    return [socket.create_server((host, port), family=family, backlog=backlog, reuse_port=True)
-            for _ in range(count)]
 
 
 def serving_line(args):
@@ -487,9 +510,9 @@ def serving_line(args):
     return f"serving {predict.SAVED_MODEL} on http://{args.host}:{args.port} ({processes}; Ctrl-C stops)"
 
 
-def loaded_server(listening, args, big_pictures, threads, connection_limit):
+def loaded_server(listening, args, big_pictures, threads, connection_limit, open_connections=None, index=0):
     """The model loaded, the app made and waitress serving it on the listening socket with these many threads
-    and connections (a process's share)."""
+    and connections (a process's share; open_connections and index: make_server's)."""
     try:
         explain = predict.load_explainer()
     except predict.NoExplainer as reason:  # /predict works; /explain says why it cannot
@@ -498,32 +521,32 @@ def loaded_server(listening, args, big_pictures, threads, connection_limit):
     app = create_app(predict.load_classifier(), explain, args.min_confidence, args.max_novelty,
                      args.min_digit_probability, args.batch_wait, big_pictures)
     return make_server(app, listening, SimpleNamespace(threads=threads, connection_limit=connection_limit,
-                                                       read_timeout=args.read_timeout))
+                                                       read_timeout=args.read_timeout), open_connections, index)
 
 
 def serve_in_processes(listening, args):
-    """args.processes processes serving the port, each on its own socket of `listening` (listening_sockets), with
-    its own model, batch and share of the threads and connections. In a process Python runs one
-    thread at a time, and cleaning a picture is Python's work (numpy, scipy and Pillow hold the lock too), so one
-    process reads pictures on one core however many threads it has. They are forked before TensorFlow starts
-    (TensorFlow's threads do not survive a fork), share the BigPictures turns, and stop with this one (Ctrl-C,
-    SIGTERM, or its death). If one stops, the others are stopped and the line says why. -> exit status."""
+    """args.processes processes serving the listening socket, each with its own model, batch and share of the
+    threads and connections, each accepting new connections while it has the fewest open (accepting_the_fewest).
+    In a process Python runs one thread at a time, and much of cleaning a picture holds that lock (Python's own
+    steps, and some of numpy's, scipy's and Pillow's): one process cannot keep two cores busy. They are
+    forked before TensorFlow starts (TensorFlow's threads do not survive a fork), share the BigPictures turns, and
+    stop with this one (Ctrl-C, SIGTERM, or its death). If one stops, the others are stopped and the line says
+    why. -> exit status."""
     sys.stdout.flush()
     sys.stderr.flush()
     forked = multiprocessing.get_context("fork")
     big_pictures = BigPictures(forked)
+    open_connections = forked.Array("i", args.processes, lock=False)  # each writes its own count alone
     workers, reports = [], []
     for index in range(args.processes):
         receive, send = forked.Pipe(duplex=False)
         share = [limit // args.processes + (index < limit % args.processes)
                  for limit in (args.threads, args.connection_limit)]
-        workers.append(forked.Process(target=serve_one, args=(listening, args, big_pictures, send, index, *share),
-                                      name=f"serve.py process {index + 1}"))
+        workers.append(forked.Process(target=serve_one, name=f"serve.py process {index + 1}",
+                                      args=(listening, args, big_pictures, open_connections, send, index, *share)))
         workers[-1].start()
         send.close()  # the process holds its own end: when it dies, this one reads the end of the pipe
         reports.append(receive)
-    for own in listening:  # each socket is its process's alone: one that dies takes its socket out of the port
-        own.close()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the finally below stops the processes
     try:
         starting = dict(zip(reports, workers))
@@ -557,18 +580,18 @@ def serve_in_processes(listening, args):
             worker.join()
 
 
-def serve_one(listening, args, big_pictures, report, index, threads, connection_limit):
+def serve_one(listening, args, big_pictures, open_connections, report, index, threads, connection_limit):
     """One process of serve_in_processes: loads the model, says on `report` "" or why it cannot, and serves until
     stopped. Stops when the first process dies, even by SIGKILL (Linux' parent-death signal). The first process
     alone says the model's notes."""
     pr_set_pdeathsig = 1
     if GLIBC:
         GLIBC.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    for other in listening[:index] + listening[index + 1:]:
-        other.close()
     try:
         with nullcontext() if index == 0 else redirect_stderr(io.StringIO()):
-            server = loaded_server(listening[index], args, big_pictures, threads, connection_limit)
+            tensorflow_on_its_share_of_the_cores(args.processes)
+            server = loaded_server(listening, args, big_pictures, threads, connection_limit, open_connections,
+                                   index)
     except KeyboardInterrupt:
         return
     except Exception as error:
@@ -576,6 +599,17 @@ def serve_one(listening, args, big_pictures, report, index, threads, connection_
         sys.exit(1)
     report.send("")
     server.run()  # until SIGINT (Ctrl-C) or SIGTERM
+
+
+def tensorflow_on_its_share_of_the_cores(processes):
+    """TensorFlow's threads in this process, before it starts: the cores shared among the processes. Each would
+    else keep a pool of threads as large as all the cores, and with every core already busy cleaning pictures,
+    their threads spin waiting for one another."""
+    from devices import import_tensorflow
+    tf = import_tensorflow()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    tf.config.threading.set_intra_op_parallelism_threads(max(1, cores // processes))
+    tf.config.threading.set_inter_op_parallelism_threads(max(1, cores // processes))
 
 
 def cannot_listen(host, port, error):

@@ -6,8 +6,9 @@
 
 Starts `python serve.py` as a user does (its defaults, but --read_timeout, so that stalled clients are cut off
 within the run) on a free port of 127.0.0.1, and talks to it only there, with the standard library's
-http.client from one thread per client, each on a connection of its own (kept alive, as a browser's). Then,
-each phase bounded in count and in time (time_limit):
+http.client from one thread per client, each on a connection of its own (kept alive, as a browser's). After a
+warm-up (each client sends a few drawings, not measured: each server process traces the network at its first
+call, and prepares for each batch size it meets), each phase bounded in count and in time (time_limit):
 
 - valid: `clients` clients each send `requests_per_client` drawings as the page sends them, of several sizes
   (its 560x280 canvas, 1120x560, 300x220, 280x140), one after the other: latency p50/p95/p99, requests/s,
@@ -75,6 +76,7 @@ import flags  # noqa: E402  (the repo's modules are importable only from here on
 import photo  # noqa: E402
 import serve  # noqa: E402
 
+WARM_UP_ROUNDS = 3  # drawings each client sends before the valid phase, half of them to /explain, not measured
 SETTLE = 2  # seconds the server is left alone before its memory is read after a phase (it returns memory freed
             # after one quiet second)
 TARGETS = dict(requests_per_second=100, p99_seconds=1.0, mixed_p99_seconds=2.0, memory_growth=0.15)
@@ -434,8 +436,9 @@ os.symlink(Path(model).resolve(), workdir / "model" / "saved_model")
 server, port = start_server(workdir)
 memory = MemoryWatch(server)
 try:
-    for content_type, body in pictures.values():  # warm-up: TensorFlow's first call traces the network
-        Client(port).post(content_type, body)
+    # Warm-up, not measured: in each server process, TensorFlow traces the network at its first call, and
+    # oneDNN prepares its kernels for each batch size it meets, as many as the load brings together.
+    valid_load(port, pictures, clients, WARM_UP_ROUNDS, time.monotonic() + time_limit, explaining=True)
     rows = {"start": dict(rss_mb=resident_mb(server, SETTLE))}
     (results, seconds, cut) = timed(valid_load, port, pictures, clients, requests_per_client)
     rows["valid"] = dict(summary(results, seconds, resident_mb(server, SETTLE)), cut_short=cut)

@@ -169,6 +169,16 @@ def test_the_lines_of_squared_paper_are_removed(clean):
     assert correlation(seen(picture(np.minimum(paper, lines)))[0], expected) > 0.95
 
 
+def test_a_ruled_line_tilted_by_a_few_pixels_across_the_page_is_removed(clean):
+    """Each of its rows holds only a stretch of it, a third of the page wide."""
+    paper, expected = clean
+    height, width = paper.shape
+    for x in range(width):
+        y = height // 2 + round(3 * x / width)  # three pixels lower at the right than at the left
+        paper[y:y + 2, x] = np.minimum(paper[y:y + 2, x], 0.45)
+    assert correlation(seen(picture(paper))[0], expected) > 0.95
+
+
 def test_squared_paper_alone_holds_no_digit():
     lines = np.ones((450, 600), np.float32)
     lines[5::30] = lines[:, 5::30] = 0.45

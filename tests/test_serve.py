@@ -253,7 +253,8 @@ def gone(pids, within=10):
 @pytest.mark.parametrize("flags, message", [
     (["--processes", "0"], "--processes 0: must be at least 1"),
     (["--threads", "1"], "--threads 1: must be at least 2 (one for each process)"),
-    (["--processes", "3", "--connection_limit", "2"], "--connection_limit 2: must be at least 3 (one for each process)"),
+    (["--processes", "3", "--connection_limit", "2"],
+     "--connection_limit 2: must be at least 3 (one for each process)"),
 ])
 def test_a_share_of_less_than_one_thread_or_connection_per_process_is_refused_in_one_line(flags, message):
     result = subprocess.run([sys.executable, str(REPO / "serve.py"), *flags], capture_output=True, text=True,
@@ -261,7 +262,8 @@ def test_a_share_of_less_than_one_thread_or_connection_per_process_is_refused_in
     assert result.returncode == 2 and message in result.stderr.splitlines()[-1], result.stderr
 
 
-def test_each_of_the_processes_accepts_connections_on_the_one_port(tmp_path, tiny_saved_model):  # noqa: F811
+def test_the_processes_share_new_connections_evenly_and_at_once(tmp_path, tiny_saved_model):  # noqa: F811
+    """40 connections opened at once: within a second each process holds half of them (least connections)."""
     with started(tiny_saved_model, tmp_path, "--processes", "2") as (process, address):
         workers = children(process.pid)
         assert len(workers) == 2
@@ -269,21 +271,11 @@ def test_each_of_the_processes_accepts_connections_on_the_one_port(tmp_path, tin
         connections = [socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1]))) for _ in range(40)]
         try:
             time.sleep(1)
-            after = [sockets_open(pid) for pid in workers]
+            taken = [sockets_open(pid) - then for pid, then in zip(workers, before)]
         finally:
             for connection in connections:
                 connection.close()
-    assert all(now > then for now, then in zip(after, before)), (before, after)
-
-
-def test_a_second_server_on_the_port_of_one_serving_from_processes_is_refused(tmp_path,
-                                                                                tiny_saved_model):  # noqa: F811
-    """The processes' sockets share the port (SO_REUSEPORT): another serve.py must not join them."""
-    with started(tiny_saved_model, tmp_path / "first") as (process, address):
-        port = address.rsplit(":", 1)[1]
-        result = subprocess.run([sys.executable, str(REPO / "serve.py"), "--port", port], cwd=tmp_path / "first",
-                                capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and f"port {port} is already in use" in result.stderr, result.stderr
+    assert sum(taken) == 40 and max(taken) - min(taken) <= 2, taken
 
 
 def test_a_process_that_dies_stops_the_server_with_a_line_saying_so(tmp_path, tiny_saved_model):  # noqa: F811
