@@ -64,10 +64,7 @@ CANVAS = 120  # pixels: the scribbles, blobs and specks are drawn on a square th
 def scribbles(rng, n):
     """Pen strokes with random dynamics: 1-3 strokes, each a pen moving at a varying speed whose heading turns
     at a rate that itself drifts at random (straight runs, hooks, loops, zigzags), 2-14 pixels wide."""
-    pictures = []
-    while len(pictures) < n:
-        canvas = Image.new("L", (CANVAS, CANVAS), 0)
-        pen = ImageDraw.Draw(canvas)
+    def draw(pen):
         for _ in range(rng.integers(1, 4)):
             position, heading = rng.uniform(20, 100, 2), rng.uniform(0, 2 * np.pi)
             turning, points = rng.normal(0, 0.3), []
@@ -78,8 +75,7 @@ def scribbles(rng, n):
                 position = np.clip(position + rng.uniform(2, 9) * np.array([np.cos(heading), np.sin(heading)]), 0,
                                    CANVAS - 1)
             pen.line(points, fill=255, width=int(rng.integers(2, 15)), joint="curve")
-        pictures.append(_made_mnist(canvas))
-    return np.stack(pictures)
+    return _drawn(n, draw)
 
 
 def word_pieces(rng, n):
@@ -108,10 +104,7 @@ def word_pieces(rng, n):
 def blobs(rng, n):
     """1-3 filled ellipses and polygons, overlapping or apart, none much longer than wide (an outlined
     ellipse is a 0, a long thin blob a 1)."""
-    pictures = []
-    while len(pictures) < n:
-        canvas = Image.new("L", (CANVAS, CANVAS), 0)
-        pen = ImageDraw.Draw(canvas)
+    def draw(pen):
         for _ in range(rng.integers(1, 4)):
             x, y = rng.uniform(10, 110, 2)
             w = rng.uniform(8, 60)
@@ -121,21 +114,16 @@ def blobs(rng, n):
             else:
                 corners = [tuple(p) for p in rng.uniform([x - w, y - h], [x + w, y + h], (rng.integers(3, 7), 2))]
                 pen.polygon(corners, fill=255)
-        pictures.append(_made_mnist(canvas))
-    return np.stack(pictures)
+    return _drawn(n, draw)
 
 
 def specks(rng, n):
     """2-12 dots of 1-6 pixels scattered over the canvas (dust a photo's cleaning let through)."""
-    pictures = []
-    while len(pictures) < n:
-        canvas = Image.new("L", (CANVAS, CANVAS), 0)
-        pen = ImageDraw.Draw(canvas)
+    def draw(pen):
         for _ in range(rng.integers(2, 13)):
             x, y, radius = *rng.uniform(0, CANVAS, 2), rng.uniform(1, 6)
             pen.ellipse([x - radius, y - radius, x + radius, y + radius], fill=255)
-        pictures.append(_made_mnist(canvas))
-    return np.stack(pictures)
+    return _drawn(n, draw)
 
 
 def noise(rng, n):
@@ -170,9 +158,16 @@ def remade_digits(digits, n, seed=0):
     return np.stack(pictures)[..., None]
 
 
-def _made_mnist(canvas):
-    ink = np.asarray(canvas, np.float32) / 255
-    return to_mnist(ink) if ink.max() > 0.5 else np.zeros([28, 28], np.float32)
+def _drawn(n, draw):
+    """n pictures, each drawn by draw(pen) on a blank CANVAS-wide square and made 28x28 as photo.to_mnist makes a
+    photo's digit (all paper if draw left no ink) -> float32 [n, 28, 28]."""
+    pictures = []
+    for _ in range(n):
+        canvas = Image.new("L", (CANVAS, CANVAS), 0)
+        draw(ImageDraw.Draw(canvas))
+        ink = np.asarray(canvas, np.float32) / 255
+        pictures.append(to_mnist(ink) if ink.max() > 0.5 else np.zeros([28, 28], np.float32))
+    return np.stack(pictures)
 
 
 NON_DIGITS = 8000  # run.py's digit gate learns from at most this many of NON_DIGIT_KINDS (and every letter)

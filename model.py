@@ -74,7 +74,7 @@ class DigitNet(tf.Module):
 
     block_names = ("block1", "block2", "block3", "dense")
 
-    def __init__(self, dropout_rate=0.25, seed=0, widths=(32, 64, 128), dense_units=128):
+    def __init__(self, dropout_rate=0.25, seed=0, widths=(32, 64, 128), dense_units=128, outputs=N_CLASSES):
         super().__init__()
         rng = random_generator(seed)
         w1, w2, w3 = widths
@@ -83,8 +83,8 @@ class DigitNet(tf.Module):
         self.conv2, self.bn2 = conv_kernel(rng, 3, w1, w2), batch_norm_variables(w2)
         self.conv3, self.bn3 = conv_kernel(rng, 3, w2, w3), batch_norm_variables(w3)
         self.dense1, self.bn4 = he_normal(rng, [3 * 3 * w3, dense_units], 3 * 3 * w3), batch_norm_variables(dense_units)
-        self.dense2 = tf.Variable(rng.normal([dense_units, N_CLASSES]) * math.sqrt(1.0 / dense_units))
-        self.bias2 = tf.Variable(tf.zeros([N_CLASSES]))
+        self.dense2 = tf.Variable(rng.normal([dense_units, outputs]) * math.sqrt(1.0 / dense_units))
+        self.bias2 = tf.Variable(tf.zeros([outputs]))
 
     def __call__(self, images, training=False, rng=None):
         x = dropout(self.blocks(images, training)[-1], self.dropout_rate, rng, training)
@@ -124,7 +124,7 @@ class DigitNet(tf.Module):
 INK = 0.3  # the digit gate reads a pixel at least this light as ink, and any other as paper
 
 
-class DigitGate(tf.Module):
+class DigitGate(DigitNet):
     """Is it a digit at all? A small network beside the classifier, trained on digits against what is no digit
     (letters, scribbles, blobs, specks, noise: train.train_digit_gate), so that the classifier stays as it was:
 
@@ -134,32 +134,16 @@ class DigitGate(tf.Module):
                  -> conv 3x3 64 -> maxpool, BN, ReLU ->  3x3x64 -> flatten 576
                  -> dense 64, BN, ReLU -> dense 1: the logit of "a digit" -> [batch]
 
-    DigitNet's blocks at half the width; exported beside it (ensemble.export_saved_model's digit_probability,
-    the sigmoid of this logit), and predict.read answers "?" for a piece it refuses.
+    DigitNet at half the width, without dropout, with one output; exported beside it (ensemble.export_saved_model's
+    digit_probability, the sigmoid of this logit), and predict.read answers "?" for a piece it refuses.
     """
 
     def __init__(self, seed=0, widths=(16, 32, 64), dense_units=64):
-        super().__init__()
-        rng = random_generator(seed)
-        w1, w2, w3 = widths
-        self.conv1, self.bn1 = conv_kernel(rng, 5, 1, w1), batch_norm_variables(w1)
-        self.conv2, self.bn2 = conv_kernel(rng, 3, w1, w2), batch_norm_variables(w2)
-        self.conv3, self.bn3 = conv_kernel(rng, 3, w2, w3), batch_norm_variables(w3)
-        self.dense1, self.bn4 = he_normal(rng, [3 * 3 * w3, dense_units], 3 * 3 * w3), batch_norm_variables(dense_units)
-        self.dense2 = tf.Variable(rng.normal([dense_units, 1]) * math.sqrt(1.0 / dense_units))
-        self.bias2 = tf.Variable(tf.zeros([1]))
+        super().__init__(dropout_rate=0.0, seed=seed, widths=widths, dense_units=dense_units, outputs=1)
 
     def __call__(self, images, training=False):
         # The ink's shape alone: how a picture was made 28x28 (its soft edges, its contrast) is no sign of a digit.
-        x = tf.cast(images > INK, images.dtype)
-        x = conv_pool_bn_relu(x, self.conv1, self.bn1, training)
-        x = conv_pool_bn_relu(x, self.conv2, self.bn2, training)
-        x = conv_pool_bn_relu(x, self.conv3, self.bn3, training)
-        with tf.name_scope("dense"):
-            flat = flatten(x)
-            x = tf.nn.relu(batch_normalize(flat @ weight(self.dense1, flat), self.bn4, training))
-        with tf.name_scope("logit"):
-            return (x @ weight(self.dense2, x) + weight(self.bias2, x))[:, 0]
+        return super().__call__(tf.cast(images > INK, images.dtype), training)[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------------------
