@@ -33,15 +33,15 @@ bomb) 413; a picture over BIG_PICTURE pixels while others that large are already
 The server goes on serving.
 
 waitress serves the Flask app, a production server, from `processes` processes (on Linux), each with its own model:
-in one process, much of cleaning a picture holds Python's lock, so one process cannot keep two cores busy. `threads` requests are read at
-once in all and the others wait their turn, at most `connection_limit` connections are open, a connection silent
-for `read_timeout` seconds (a half-sent body, an idle keep-alive) is closed, and a body is never buffered past
-MAX_BYTES. Each request's picture is decoded and cleaned in its own thread, outside any lock; the model reads the
-digits of every request waiting at that moment in one call (dynamic batching, as TensorFlow Serving does), and the
-explainer, in a thread of its own, the first digit of every /explain waiting. A picture of more than BIG_PICTURE
-pixels is decoded and cleaned one at a time, so huge pictures wait for one another and not for the small ones. The
-memory a busy moment took is handed back once the server is quiet. It listens on 127.0.0.1 unless told otherwise.
-Its limits under load: docs/serving.md.
+in one process, much of cleaning a picture holds Python's lock, so one process cannot keep two cores busy.
+`threads` requests are read at once in all and the others wait their turn, at most `connection_limit` connections
+are open, a connection silent for `read_timeout` seconds (a half-sent body, an idle keep-alive) is closed, and a
+body is never buffered past MAX_BYTES. Each request's picture is decoded and cleaned in its own thread, outside any
+lock; the model reads the digits of every request waiting at that moment in one call (dynamic batching, as
+TensorFlow Serving does), and the explainer, in a thread of its own, the first digit of every /explain waiting. A
+picture of more than BIG_PICTURE pixels is decoded and cleaned one at a time, so huge pictures wait for one another
+and not for the small ones. The memory a busy moment took is handed back once the server is quiet. It listens on
+127.0.0.1 unless told otherwise. Its limits under load: docs/serving.md.
 """
 # ---- settings: each is also a flag, e.g. --port 8080 ----
 host = "127.0.0.1"       # the address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network)
