@@ -34,32 +34,39 @@ def free_port():
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_saved_model):  # noqa: F811
-    """python serve.py --port P --min_confidence 0 --max_novelty inf --read_timeout 2 in a directory as run.py
-    leaves it (the tiny model, always guessing: it answers whatever it makes of a drawing) -> (its address, the
-    lines it printed)."""
-    workdir = tmp_path_factory.mktemp("serve")
-    (workdir / "model").mkdir()
+@contextmanager
+def started(tiny_saved_model, workdir, *flags):  # noqa: F811
+    """python serve.py --port P *flags in workdir as run.py leaves it (the tiny model), once it says it serves
+    (every process loaded) -> (the process, its address); what it prints goes to workdir/serve.log."""
+    (workdir / "model").mkdir(parents=True)
     os.symlink(tiny_saved_model, workdir / "model" / "saved_model")
-    port = free_port()
-    log = open(workdir / "serve.log", "w+")
-    process = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--port", str(port), "--min_confidence", "0",
-                                "--max_novelty", "inf", "--read_timeout", str(READ_TIMEOUT)],
-                               cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True)
-    address = f"http://127.0.0.1:{port}"
+    port, printed = free_port(), workdir / "serve.log"
+    with open(printed, "w") as log:
+        process = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--port", str(port), *flags],
+                                   cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         for _ in range(240):  # TensorFlow takes a while to start on a busy machine
-            assert process.poll() is None, (workdir / "serve.log").read_text()
-            if "serving" in (workdir / "serve.log").read_text():  # said once every process serves
+            assert process.poll() is None, printed.read_text()
+            if "serving" in printed.read_text():
                 break
             time.sleep(0.5)
-        urllib.request.urlopen(address + "/", timeout=10)
-        yield address, (workdir / "serve.log").read_text()
+        else:
+            raise AssertionError(f"serve.py did not start within 2 minutes: {printed.read_text()}")
+        yield process, f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(timeout=30)
-        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_saved_model):  # noqa: F811
+    """python serve.py --min_confidence 0 --max_novelty inf --read_timeout 2 (the tiny model, always guessing: it
+    answers whatever it makes of a drawing) -> (its address, the lines it printed)."""
+    workdir = tmp_path_factory.mktemp("serve")
+    with started(tiny_saved_model, workdir, "--min_confidence", "0", "--max_novelty", "inf", "--read_timeout",
+                 str(READ_TIMEOUT)) as (_, address):
+        urllib.request.urlopen(address + "/", timeout=10)
+        yield address, (workdir / "serve.log").read_text()
 
 
 def post(address, body, content_type, path="/predict"):
@@ -222,22 +229,6 @@ def sockets_open(pid):
     return sum(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd"))
 
 
-@contextmanager
-def started(tiny_saved_model, workdir, *flags):  # noqa: F811
-    """python serve.py --port P *flags in workdir (the tiny model), once it says it serves -> (process, address)."""
-    (workdir / "model").mkdir(parents=True)
-    os.symlink(tiny_saved_model, workdir / "model" / "saved_model")
-    port = free_port()
-    process = subprocess.Popen([sys.executable, str(REPO / "serve.py"), "--port", str(port), *flags], cwd=workdir,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert "serving" in process.stdout.readline(), process.stderr.read()
-        yield process, f"http://127.0.0.1:{port}"
-    finally:
-        process.kill()
-        process.wait()
-
-
 def gone(pids, within=10):
     """Whether every one of the processes has ended (or is a zombie) within `within` seconds."""
     deadline = time.monotonic() + within
@@ -283,7 +274,7 @@ def test_a_process_that_dies_stops_the_server_with_a_line_saying_so(tmp_path, ti
         first, second = children(process.pid)
         os.kill(second, 9)
         assert process.wait(timeout=30) == 1
-        said = process.stderr.read().splitlines()
+        said = (tmp_path / "serve.log").read_text().splitlines()
         assert said[-1] == "error: serve.py process 2 stopped (exit status -9); the others are stopped too", said
         assert gone([first])
 
