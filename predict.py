@@ -163,13 +163,16 @@ class NoExplainer(Exception):
 
 def load_explainer(path=SAVED_MODEL):
     """The exported SavedModel's look inside its network (ensemble.explain_functions; of an ensemble, the first
-    member) -> a function float32 [n, 28, 28] -> {
+    member) -> (look_inside, layers):
+    look_inside: a function float32 [n, 28, 28] -> {
         "input": [n, 28, 28], the pictures as the network reads them;
-        "layers": [{"name": "block1", "values": [n, h, w, channels] or [n, units],
-                    "kernel": [kh, kw, in, channels], "bias": [channels]  (for a layer a convolution makes)}, ...]
-                  each block's output in the order the network applies them, the kernels those of the SavedModel;
-        "probabilities": [n, 10], that network's; "saliency": [n, 28, 28], the gradient of its likeliest digit's
-        logit with respect to each pixel}  (numpy).
+        "probabilities": [n, 10], that network's;
+        "saliency": [n, 28, 28], the gradient of its likeliest digit's logit with respect to each pixel;
+        "layer_0", "layer_1", ...: [n, h, w, channels] or [n, units], each block's output, layer_i that of
+                                   layers[i]}  (numpy; every value has the pictures as its first axis);
+    layers: what is the same for every picture, once, in the order the network applies its blocks:
+        [{"name": "block1", "kernel": [kh, kw, in, channels], "bias": [channels]}  (for a layer a convolution
+          makes, the SavedModel's kernels), ..., {"name": "dense"}]  (numpy).
     Raises NoExplainer, with one line saying so, for a model exported without `explain`."""
     from devices import import_tensorflow
     tf = import_tensorflow()
@@ -180,17 +183,16 @@ def load_explainer(path=SAVED_MODEL):
     kernels = {name: value.numpy() for name, value in signatures["kernels"]().items()}
 
     def look_inside(pictures):
-        said = {name: value.numpy() for name, value in explain(images=tf.constant(pictures[..., None], tf.float32))
-                .items()}
-        layers = []
-        for i, name in enumerate(said["layer_names"]):
-            layer = {"name": name.decode(), "values": said[f"layer_{i}"]}
-            if f"kernel_{i}" in kernels:
-                layer.update(kernel=kernels[f"kernel_{i}"], bias=kernels[f"bias_{i}"])
-            layers.append(layer)
-        return {"input": said["input"], "layers": layers, "probabilities": said["probabilities"],
-                "saliency": said["saliency"]}
-    return look_inside
+        said = explain(images=tf.constant(pictures[..., None], tf.float32))
+        return {name: value.numpy() for name, value in said.items() if name != "layer_names"}
+
+    # the signature answers the names only beside a picture's layers: a blank one's
+    names = explain(images=tf.zeros([1, SIDE, SIDE, 1]))["layer_names"].numpy()
+    layers = [{"name": name.decode()} for name in names]
+    for i, layer in enumerate(layers):
+        if f"kernel_{i}" in kernels:
+            layer.update(kernel=kernels[f"kernel_{i}"], bias=kernels[f"bias_{i}"])
+    return look_inside, layers
 
 
 def save_preview(pictures, path):

@@ -102,23 +102,24 @@ ACCEPT_TURN = 0.01  # seconds a process that stopped listening (accepting_the_fe
 LINGER = 5  # seconds a refused body is still read (and dropped) so that its sender reads the refusal
 
 
-def create_app(classify, explain, min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY,
+def create_app(classify, explainer, min_confidence=predict.MIN_CONFIDENCE, max_novelty=predict.MAX_NOVELTY,
                min_digit_probability=predict.MIN_DIGIT_PROBABILITY, max_wait=batch_wait, big_pictures=None):
     """The Flask app: GET / is the page, POST /predict reads a picture, POST /explain reads it and shows inside
     the network, GET /kernels the network's kernels. classify: as predict.read's (predict.load_classifier);
-    explain: predict.load_explainer's function, or the predict.NoExplainer it raised (then /explain and /kernels
-    refuse with its line, 501). Each is called by one thread of its own, with the digits of every request
-    waiting (BatchedModel). big_pictures: the BigPictures shared by the processes serving, or None for the app's
-    own."""
+    explainer: predict.load_explainer's (look_inside, layers), or the predict.NoExplainer it raised (then /explain
+    and /kernels refuse with its line, 501). classify and look_inside are each called by one thread of their own,
+    with the digits of every request waiting (BatchedModel). big_pictures: the BigPictures shared by the
+    processes serving, or None for the app's own."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BYTES
     app.json = FastJSON(app)
     model = app.extensions["model"] = BatchedModel(classify, max_wait)
-    if isinstance(explain, predict.NoExplainer):
-        explainer = layer_names = kernels = None
+    if isinstance(explainer, predict.NoExplainer):
+        explaining = layer_names = kernels = None
     else:
-        explainer = app.extensions["explainer"] = BatchedModel(per_picture(explain), max_wait)
-        layer_names, kernels = network_layers(explain)
+        look_inside, layers = explainer
+        explaining = app.extensions["explainer"] = BatchedModel(look_inside, max_wait)
+        layer_names, kernels = network_layers(layers)
     big_pictures = big_pictures or BigPictures()
     limits = (min_confidence, max_novelty, min_digit_probability)
 
@@ -132,16 +133,16 @@ def create_app(classify, explain, min_confidence=predict.MIN_CONFIDENCE, max_nov
 
     @app.post("/explain")
     def explain_picture():
-        if explainer is None:
-            raise Refused(501, str(explain))
+        if explaining is None:
+            raise Refused(501, str(explainer))
         reading = read_request(model, big_pictures, limits)
-        inside = explainer(reading.pictures[:1]) if len(reading.pictures) else None
+        inside = explaining(reading.pictures[:1]) if len(reading.pictures) else None
         return jsonify(explanation(reading, inside, layer_names))
 
     @app.get("/kernels")
     def network_kernels():
         if kernels is None:
-            raise Refused(501, str(explain))
+            raise Refused(501, str(explainer))
         return jsonify(layers=kernels)
 
     @app.errorhandler(Refused)
@@ -211,8 +212,8 @@ def answer(reading):
 
 
 def explanation(reading, inside, layer_names):
-    """predict.Reading, what the explainer (per_picture) made of its first piece (None for no piece) and the
-    layers' names -> the JSON-ready answer of /explain: /predict's (answer) and {"piece": 0 (the first piece,
+    """predict.Reading, what predict.load_explainer's look_inside made of its first piece (None for no piece) and
+    the layers' names -> the JSON-ready answer of /explain: /predict's (answer) and {"piece": 0 (the first piece,
     the leftmost, is the one shown), "input": 28 rows of 28, "layers": [{"name", "shape", "values" (nested as the
     shape: [h][w][channels] or [units])}, ...], "probabilities": [10] (the explained network's: of an ensemble,
     its first member's), "saliency": 28 rows of 28}, every number rounded to DECIMALS places."""
@@ -224,22 +225,11 @@ def explanation(reading, inside, layer_names):
                 probabilities=rounded(inside["probabilities"][0]), saliency=rounded(inside["saliency"][0]))
 
 
-def per_picture(explain):
-    """predict.load_explainer's function -> one that answers only what differs from picture to picture, a row
-    each (as BatchedModel hands them out): {"input", "probabilities", "saliency", "layer_0", ...}."""
-    def rows(pictures):
-        said = explain(pictures)
-        return {"input": said["input"], "probabilities": said["probabilities"], "saliency": said["saliency"],
-                **{f"layer_{i}": layer["values"] for i, layer in enumerate(said["layers"])}}
-    return rows
-
-
-def network_layers(explain):
-    """What is the same for every picture, as the explainer says it of a blank one -> (the layers' names in the
-    network's order; the kernels of those a convolution makes, JSON-ready: [{"name", "shape" [h, w, in, out],
-    "kernel" (nested as the shape), "bias" [out]}, ...]). GET /kernels sends them once: repeated in every
-    /explain they would make it ten times larger (DigitNet's are 93,000 numbers)."""
-    layers = explain(np.zeros([1, photo.SIDE, photo.SIDE], np.float32))["layers"]
+def network_layers(layers):
+    """predict.load_explainer's layers, what is the same for every picture -> (their names in the network's order;
+    the kernels of those a convolution makes, JSON-ready: [{"name", "shape" [h, w, in, out], "kernel" (nested as
+    the shape), "bias" [out]}, ...]). GET /kernels sends them once: repeated in every /explain they would make it
+    ten times larger (DigitNet's are 93,000 numbers)."""
     return [layer["name"] for layer in layers], [
         dict(name=layer["name"], shape=list(layer["kernel"].shape), kernel=rounded(layer["kernel"]),
              bias=rounded(layer["bias"])) for layer in layers if "kernel" in layer]
@@ -514,11 +504,11 @@ def loaded_server(listening, args, big_pictures, threads, connection_limit, open
     """The model loaded, the app made and waitress serving it on the listening socket with these many threads
     and connections (a process's share; open_connections and index: make_server's)."""
     try:
-        explain = predict.load_explainer()
+        explainer = predict.load_explainer()
     except predict.NoExplainer as reason:  # /predict works; /explain says why it cannot
         print(f"note: {reason}", file=sys.stderr)
-        explain = reason
-    app = create_app(predict.load_classifier(), explain, args.min_confidence, args.max_novelty,
+        explainer = reason
+    app = create_app(predict.load_classifier(), explainer, args.min_confidence, args.max_novelty,
                      args.min_digit_probability, args.batch_wait, big_pictures)
     return make_server(app, listening, SimpleNamespace(threads=threads, connection_limit=connection_limit,
                                                        read_timeout=args.read_timeout), open_connections, index)

@@ -59,7 +59,7 @@ NETWORKS = {
 
 @pytest.fixture(scope="module", params=NETWORKS)
 def explained(request, real_digits, tmp_path_factory):
-    """(name, the network trained briefly on N_TRAIN real digits, its exported explainer, the explainer's answer on
+    """(name, the network trained briefly on N_TRAIN real digits, its exported explainer's layers, its look inside
     100 digits it never saw, those digits [100, 28, 28, 1])."""
     name = request.param
     images, labels = real_digits
@@ -70,9 +70,14 @@ def explained(request, real_digits, tmp_path_factory):
                learning_rate=3e-3)
     path = tmp_path_factory.mktemp(name) / "saved_model"
     export_saved_model([network], str(path), *split[:2])
-    explain = predict.load_explainer(str(path))
+    look_inside, layers = predict.load_explainer(str(path))
     unseen = images[N_TRAIN:N_TRAIN + 100]
-    return name, network, explain, explain(unseen[..., 0]), unseen
+    return name, network, layers, look_inside(unseen[..., 0]), unseen
+
+
+def block_outputs(said, layers):
+    """look_inside's answer -> each of layers' outputs, in their order."""
+    return [said[f"layer_{i}"] for i in range(len(layers))]
 
 
 def test_the_input_is_the_picture_the_network_reads(explained):
@@ -81,25 +86,32 @@ def test_the_input_is_the_picture_the_network_reads(explained):
 
 
 def test_every_block_is_named_and_shaped_as_the_networks_diagram_in_its_order(explained):
-    name, network, _, said, _ = explained
+    name, network, layers, said, _ = explained
     expected = NETWORKS[name][1]
-    assert [layer["name"] for layer in said["layers"]] == list(expected) == list(network.block_names)
-    assert [layer["values"].shape[1:] for layer in said["layers"]] == list(expected.values())
+    assert [layer["name"] for layer in layers] == list(expected) == list(network.block_names)
+    assert [values.shape[1:] for values in block_outputs(said, layers)] == list(expected.values())
+
+
+def test_each_picture_is_a_row_of_every_value_looked_inside_and_nothing_else_is(explained):
+    """What is the same for every picture comes once, in the layers: serve.BatchedModel hands out rows."""
+    _, _, layers, said, _ = explained
+    assert sorted(said) == sorted(["input", "probabilities", "saliency", *(f"layer_{i}" for i in range(len(layers)))])
+    assert all(len(values) == 100 for values in said.values())
 
 
 def test_each_block_is_the_networks_own_layers_applied_to_the_block_before_in_inference_mode(explained):
-    name, network, _, said, unseen = explained
+    name, network, layers, said, unseen = explained
     rows, _ = NETWORKS[name][0](network)
     before = unseen
-    for row, layer in zip(rows, said["layers"]):
-        np.testing.assert_allclose(layer["values"], row(before), atol=1e-4, rtol=1e-4, err_msg=layer["name"])
-        before = layer["values"]
+    for row, layer, values in zip(rows, layers, block_outputs(said, layers)):
+        np.testing.assert_allclose(values, row(before), atol=1e-4, rtol=1e-4, err_msg=layer["name"])
+        before = values
 
 
 def test_the_last_block_through_the_last_row_gives_the_networks_own_probabilities(explained):
-    name, network, _, said, unseen = explained
+    name, network, layers, said, unseen = explained
     _, last_row = NETWORKS[name][0](network)
-    np.testing.assert_allclose(said["probabilities"], tf.nn.softmax(last_row(said["layers"][-1]["values"])),
+    np.testing.assert_allclose(said["probabilities"], tf.nn.softmax(last_row(block_outputs(said, layers)[-1])),
                                atol=1e-5)
     np.testing.assert_allclose(said["probabilities"], tf.nn.softmax(network(unseen, training=False)), atol=1e-5)
 
@@ -144,14 +156,14 @@ def test_the_saliency_lies_on_the_ink_more_than_on_the_paper(explained):
 def test_each_layer_a_convolution_makes_carries_the_networks_own_kernel_and_bias(explained):
     """The kernels the rows above apply, in order; zeros for a bias where batch norm's offset is one. A dense
     layer has none."""
-    name, network, _, said, _ = explained
-    for layer, (block, (kernel, bias)) in zip(said["layers"], network.conv_layers().items()):
+    _, network, layers, _, _ = explained
+    for layer, (block, (kernel, bias)) in zip(layers, network.conv_layers().items()):
         assert layer["name"] == block
         np.testing.assert_array_equal(layer["kernel"], kernel.numpy())
         np.testing.assert_array_equal(layer["bias"], np.zeros(kernel.shape[-1]) if bias is None else bias.numpy())
     n_conv = len(network.conv_layers())
-    assert all("kernel" in layer for layer in said["layers"][:n_conv])
-    assert not any("kernel" in layer for layer in said["layers"][n_conv:])
+    assert all("kernel" in layer for layer in layers[:n_conv])
+    assert not any("kernel" in layer for layer in layers[n_conv:])
 
 
 @pytest.mark.parametrize("name", [*MODELS, "tuned"])
@@ -162,10 +174,12 @@ def test_every_network_of_the_zoo_shows_each_of_its_blocks_and_its_probabilities
     network = tuned_network(dict(filters=[8, 16, 8], kernel_sizes=[5, 3, 3], units=[32, 16], dropout_rate=0.3),
                             seed=0) if name == "tuned" else build_model(name, seed=0)
     export_saved_model([network], str(tmp_path / "saved_model"), images[:100], labels[:100])
-    said = predict.load_explainer(str(tmp_path / "saved_model"))(images[:4, :, :, 0])
-    assert [layer["name"] for layer in said["layers"]] == list(network.block_names)
-    for layer, block in zip(said["layers"], network.blocks(images[:4], training=False), strict=True):
-        np.testing.assert_allclose(layer["values"], block, atol=1e-4, rtol=1e-4, err_msg=layer["name"])
+    look_inside, layers = predict.load_explainer(str(tmp_path / "saved_model"))
+    said = look_inside(images[:4, :, :, 0])
+    assert [layer["name"] for layer in layers] == list(network.block_names)
+    for layer, values, block in zip(layers, block_outputs(said, layers), network.blocks(images[:4], training=False),
+                                    strict=True):
+        np.testing.assert_allclose(values, block, atol=1e-4, rtol=1e-4, err_msg=layer["name"])
     np.testing.assert_allclose(said["probabilities"], tf.nn.softmax(network(images[:4])), atol=1e-5)
     assert said["saliency"].shape == (4, 28, 28) and np.abs(said["saliency"]).max() > 0
 
@@ -174,9 +188,10 @@ def test_an_ensemble_is_explained_by_its_first_member(real_digits, tmp_path):
     images, labels = real_digits
     first, second = build_model("cnn_small", seed=1), build_model("cnn_small", seed=2)
     export_saved_model([first, second], str(tmp_path / "saved_model"), images[:N_TRAIN], labels[:N_TRAIN])
-    said = predict.load_explainer(str(tmp_path / "saved_model"))(images[:8, :, :, 0])
+    look_inside, _ = predict.load_explainer(str(tmp_path / "saved_model"))
+    said = look_inside(images[:8, :, :, 0])
     np.testing.assert_allclose(said["probabilities"], tf.nn.softmax(first(images[:8])), atol=1e-5)
-    np.testing.assert_allclose(said["layers"][0]["values"], first.blocks(images[:8])[0], atol=1e-5)
+    np.testing.assert_allclose(said["layer_0"], first.blocks(images[:8])[0], atol=1e-5)
 
 
 def test_a_model_exported_without_a_look_inside_says_so_in_one_line(tmp_path):

@@ -386,26 +386,25 @@ def test_explain_requests_that_arrive_together_are_explained_in_one_call_each_an
         digits = (np.asarray(pictures) > 0.5).sum(axis=(1, 2)) % 10
         return {"probabilities": np.eye(10, dtype=np.float32)[digits], "novelty": np.zeros(len(pictures))}
 
-    def explain_spy(pictures):  # a stand-in explainer: one dense layer, each picture's count of ink
+    def look_inside_spy(pictures):  # a stand-in explainer: one dense layer, each picture's count of ink
         calls.append(int(np.any(pictures > 0, axis=(1, 2)).sum()))  # pictures not blank
-        if len(calls) > 1:  # the first is the app's own, of a blank picture
-            model_busy.wait(30)
+        model_busy.wait(30)  # the first call takes long: the others arrive meanwhile
         ink = (pictures > 0.5).sum(axis=(1, 2)).astype(np.float32)
-        return {"input": pictures, "layers": [{"name": "dense", "values": ink[:, None]}],
-                "probabilities": ink_counter(pictures)["probabilities"], "saliency": pictures}
+        return {"input": pictures, "layer_0": ink[:, None], "probabilities": ink_counter(pictures)["probabilities"],
+                "saliency": pictures}
 
-    app = serve.create_app(ink_counter, explain_spy, 0, float("inf"), max_wait=0)
+    app = serve.create_app(ink_counter, (look_inside_spy, [{"name": "dense"}]), 0, float("inf"), max_wait=0)
     bodies = [encoded(draw(digit)) for digit in (1, 7, 0, 1, 7, 0)]
     with ThreadPoolExecutor(len(bodies)) as pool:
         replies = [pool.submit(app.test_client().post, "/explain", data=body, content_type="image/png")
                    for body in bodies]
         for _ in range(600):  # until every request is with the explainer or waiting for it
-            if len(calls) == 2 and calls[1] + app.extensions["explainer"].waiting.qsize() == len(bodies):
+            if len(calls) == 1 and calls[0] + app.extensions["explainer"].waiting.qsize() == len(bodies):
                 break
             time.sleep(0.05)
         model_busy.set()
         answers = [reply.result().get_json() for reply in replies]
-    assert len(calls) <= 3 and sum(calls[1:]) == len(bodies), calls
+    assert len(calls) <= 2 and sum(calls) == len(bodies), calls
     for body, answer in zip(bodies, answers):
         (own,) = photo.mnist_digits(Image.open(io.BytesIO(body)), ink_counter)
         assert answer["layers"] == [{"name": "dense", "shape": [1], "values": [float((own > 0.5).sum())]}], answer
@@ -421,7 +420,7 @@ N_TRAIN = 400  # the others' tiny training: real_digits' first rows, one epoch, 
 def explaining(request, tiny_saved_model, real_digits, tmp_path_factory):  # noqa: F811
     """serve.py's app for a network trained briefly on real digits (DigitNet: the tiny model), served by
     waitress on a free port of 127.0.0.1 in this process, always guessing -> (the network's name, the address,
-    the explainer as predict.load_explainer loads it, the classifier)."""
+    the explainer as predict.load_explainer loads it: (look_inside, layers), the classifier)."""
     name = request.param
     if name == "digitnet":
         path = tiny_saved_model
@@ -438,9 +437,9 @@ def explaining(request, tiny_saved_model, real_digits, tmp_path_factory):  # noq
         train_with(network, split, max_n_epochs=1, patience=2, batch_size=32, learning_rate=3e-3)
         path = tmp_path_factory.mktemp(name) / "saved_model"
         export_saved_model([network], str(path), *split[:2])
-    classify, explain = predict.load_classifier(str(path)), predict.load_explainer(str(path))
-    with served(serve.create_app(classify, explain, 0, float("inf"))) as address:
-        yield name, address, explain, classify
+    classify, explainer = predict.load_classifier(str(path)), predict.load_explainer(str(path))
+    with served(serve.create_app(classify, explainer, 0, float("inf"))) as address:
+        yield name, address, explainer, classify
 
 
 @contextmanager
@@ -463,30 +462,31 @@ def test_explain_shows_the_networks_own_layers_of_the_first_piece_within_roundin
     """The JSON's numbers are predict.load_explainer's (proven the network's own blocks by tests/test_explain.py)
     for the picture predict.py's cleaning makes of the drawing, rounded to serve.DECIMALS places; the answer
     is /predict's."""
-    name, address, explain, classify = explaining
+    name, address, (look_inside, layers), classify = explaining
     body = encoded(draw(7))
     status, shown = post(address, body, "image/png", "/explain")
     assert status == 200, shown
     assert {key: shown[key] for key in ("digits", "details", "pieces")} == post(address, body, "image/png")[1]
     (picture,) = photo.mnist_digits(Image.open(io.BytesIO(body)), classify)
-    own = explain(picture[None])
+    own = look_inside(picture[None])
+    own_values = [own[f"layer_{i}"] for i in range(len(layers))]
     within = 0.5 * 10 ** -serve.DECIMALS + 1e-6
     assert shown["piece"] == 0
     np.testing.assert_allclose(shown["input"], own["input"][0], atol=within)
     assert [(layer["name"], tuple(layer["shape"])) for layer in shown["layers"]] == \
-        [(layer["name"], layer["values"].shape[1:]) for layer in own["layers"]]
-    for layer, its_own in zip(shown["layers"], own["layers"], strict=True):
-        np.testing.assert_allclose(layer["values"], its_own["values"][0], atol=within, err_msg=layer["name"])
+        [(layer["name"], values.shape[1:]) for layer, values in zip(layers, own_values)]
+    for layer, its_own in zip(shown["layers"], own_values, strict=True):
+        np.testing.assert_allclose(layer["values"], its_own[0], atol=within, err_msg=layer["name"])
     np.testing.assert_allclose(shown["probabilities"], own["probabilities"][0], atol=within)
     np.testing.assert_allclose(shown["saliency"], own["saliency"][0], atol=within)
     assert np.abs(shown["saliency"]).max() > 100 * within  # rounding leaves the saliency's numbers readable
 
 
 def test_kernels_are_the_networks_own_for_each_layer_a_convolution_makes(explaining):
-    name, address, explain, _ = explaining
+    name, address, (_, layers), _ = explaining
     with urllib.request.urlopen(address + "/kernels") as reply:
         shown = json.loads(reply.read())["layers"]
-    own = [layer for layer in explain(np.zeros([1, 28, 28], np.float32))["layers"] if "kernel" in layer]
+    own = [layer for layer in layers if "kernel" in layer]
     assert [layer["name"] for layer in shown] == [layer["name"] for layer in own]
     assert len(shown) == {"digitnet": 3, "cnn_small": 2, "mlp_dropout": 0}[name]
     for layer, its_own in zip(shown, own):
@@ -724,15 +724,15 @@ def canvas_pixels(page, selector, index=0):
 
 
 def test_while_drawing_the_page_shows_each_block_in_order_the_input_and_the_saliency(inside_page):
-    page, (name, _, explain, _), errors = inside_page
+    page, (name, _, (look_inside, layers), _), errors = inside_page
     layers_updated(page, stroke(page, SEVEN), name, "a 7")
-    own = explain(np.zeros([1, 28, 28], np.float32))["layers"]
+    blank = look_inside(np.zeros([1, 28, 28], np.float32))
     assert page.locator("#layers .layer").evaluate_all("views => views.map(view => view.dataset.name)") == \
-        [layer["name"] for layer in own]
-    for i, layer in enumerate(own):
+        [layer["name"] for layer in layers]
+    for i in range(len(layers)):
         view = page.locator("#layers .layer").nth(i)
-        if layer["values"].ndim == 4:  # a conv block: one map per channel
-            assert view.locator("canvas.map").count() == layer["values"].shape[-1]
+        if blank[f"layer_{i}"].ndim == 4:  # a conv block: one map per channel
+            assert view.locator("canvas.map").count() == blank[f"layer_{i}"].shape[-1]
         else:
             assert view.locator("canvas.strip").count() == 1
     assert (canvas_pixels(page, "#input").max(axis=1) < 128).sum() > 20  # the digit, as the network reads it
