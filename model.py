@@ -129,17 +129,19 @@ class DigitGate(DigitNet):
     (letters, scribbles, blobs, specks, noise: train.train_digit_gate), so that the classifier stays as it was:
 
         28x28x1  -> ink (1) or not (0), at INK
-                 -> conv 5x5 16 -> maxpool, BN, ReLU -> 14x14x16
-                 -> conv 3x3 32 -> maxpool, BN, ReLU ->  7x7x32
-                 -> conv 3x3 64 -> maxpool, BN, ReLU ->  3x3x64 -> flatten 576
-                 -> dense 64, BN, ReLU -> dense 1: the logit of "a digit" -> [batch]
+                 -> conv 5x5 32 -> maxpool, BN, ReLU -> 14x14x32
+                 -> conv 3x3 64 -> maxpool, BN, ReLU ->  7x7x64
+                 -> conv 3x3 128 -> maxpool, BN, ReLU -> 3x3x128 -> flatten 1152
+                 -> dense 128, BN, ReLU -> dense 1: the logit of "a digit" -> [batch]
 
-    DigitNet at half the width, without dropout, with one output; exported beside it (ensemble.export_saved_model's
-    digit_probability, the sigmoid of this logit), and predict.read answers "?" for a piece it refuses.
+    DigitNet without dropout, with one output; exported beside it (ensemble.export_saved_model's
+    digit_probability, the sigmoid of this logit), and predict.read answers "?" for a piece it refuses. At
+    DigitNet's full width it refuses more letters at a limit low enough to keep the digits than at half the width
+    (docs/photos.md).
     """
 
-    def __init__(self, seed=0, widths=(16, 32, 64), dense_units=64):
-        super().__init__(dropout_rate=0.0, seed=seed, widths=widths, dense_units=dense_units, outputs=1)
+    def __init__(self, seed=0):
+        super().__init__(dropout_rate=0.0, seed=seed, outputs=1)
 
     def __call__(self, images, training=False):
         # The ink's shape alone: how a picture was made 28x28 (its soft edges, its contrast) is no sign of a digit.

@@ -598,7 +598,7 @@ def log_epoch(writers, model, record):
 
 # ---- the digit gate ---------------------------------------------------------------------------------------
 
-GATE_EPOCHS = 5          # passes over the training digits, in steps of GATE_BATCH_SIZE: half digits, half no digit
+GATE_EPOCHS = 7          # passes over the training digits, in steps of GATE_BATCH_SIZE: half digits, half no digit
 GATE_BATCH_SIZE = 256
 GATE_LEARNING_RATE = 3e-3  # Adam's, the one-cycle schedule's peak
 # the elastic distortion bends font letters and scribbles as a hand would, digits alike
