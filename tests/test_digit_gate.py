@@ -146,7 +146,8 @@ def test_a_picture_whose_pieces_the_gate_mostly_doubts_keeps_them_as_question_ma
 
 
 def test_a_picture_of_several_pieces_all_doubted_by_the_gate_is_refused_and_says_why(real_digits):
-    reading = judged_by_the_gate(real_digits[0], [0.02, 0.1, 0.2, 0.29])
+    below_the_limit = [share * predict.MIN_DIGIT_PROBABILITY for share in (0.1, 0.4, 0.7, 0.99)]
+    reading = judged_by_the_gate(real_digits[0], below_the_limit)
     assert reading.digits == "?" and reading.details.startswith("no digit: not a digit to the digit gate"), \
         reading.details
 
