@@ -69,14 +69,21 @@ def read_until(terminal, pattern, deadline):
     return text
 
 
-def interrupt_in_the_second_epoch(directory, signal_number, timeout=600):
+def interrupt_in_the_second_epoch(directory, signal_number):
     """Start the short run on a terminal, as a user runs it, and send the signal as soon as the progress bar shows
     a step of the second epoch done -> (exit code, stderr).
 
     An event rather than a pause: the bar is drawn only after the step, so the signal cannot come before the end of
     the first epoch (its evaluation, saving and stop check) is behind the run, however slow the machine. Where it
     then lands is whatever the run reports (`where_it_stopped`): in practice early in the second epoch's 338 steps,
-    and the tests hold at an epoch's end too. stderr goes to a file, so the run never waits on a full pipe."""
+    and the tests hold at an epoch's end too."""
+    # the epoch line, then the bar's "k/338  loss" redrawn after a step of the next epoch
+    return interrupted_once(directory, r"epoch +1/2[^\n]*\n.*\d+/\d+ +loss", signal_number)
+
+
+def interrupted_once(directory, pattern, signal_number, timeout=600):
+    """Start the short run on a terminal, as a user runs it, and send the signal as soon as it writes what matches
+    `pattern` -> (exit code, stderr). stderr goes to a file, so the run never waits on a full pipe."""
     deadline = time.monotonic() + timeout
     terminal, run_side = pty.openpty()
     with open(directory / "stderr.txt", "w") as stderr:
@@ -84,8 +91,7 @@ def interrupt_in_the_second_epoch(directory, signal_number, timeout=600):
                                    stdout=run_side, stderr=stderr)
     os.close(run_side)
     try:
-        # the epoch line, then the bar's "k/338  loss" redrawn after a step of the next epoch
-        read_until(terminal, r"epoch +1/2[^\n]*\n.*\d+/\d+ +loss", deadline)
+        read_until(terminal, pattern, deadline)
         process.send_signal(signal_number)
         read_until(terminal, None, deadline)  # keep reading, so the run never waits on a full terminal
         code = process.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -131,6 +137,19 @@ def test_sigterm_stops_cleanly_with_a_checkpoint_to_resume_from(tmp_path):
     assert "stopped: stopped by SIGTERM at " in stderr and "Traceback" not in stderr
     assert where_it_stopped(stderr) >= (1, 1)
     assert tf.train.latest_checkpoint(str(directory / "model" / "latest"))
+
+
+def test_ctrl_c_while_the_digit_gate_trains_keeps_the_classifier_and_resume_only_trains_the_gate(tmp_path):
+    directory = workdir(tmp_path)
+    code, stderr = interrupted_once(directory, r"digit gate: training", signal.SIGINT)
+    assert code == 130, stderr
+    assert "stopped: interrupted by Ctrl-C while training the digit gate" in stderr and "Traceback" not in stderr
+    assert "--resume" in stderr.splitlines()[-1]
+    assert not (directory / "model" / "saved_model").exists() and not (directory / "submission.csv").exists()
+    resumed = run(SHORT_RUN + ["--resume"], directory)
+    assert "epoch   1/2" not in resumed and "epoch   2/2" not in resumed, resumed  # the classifier was done
+    assert "digit gate: " in resumed and (directory / "model" / "saved_model" / "saved_model.pb").exists()
+    assert len((directory / "submission.csv").read_text().splitlines()) == 31
 
 
 def test_deterministic_runs_are_bit_identical(uninterrupted, tmp_path):
