@@ -24,9 +24,9 @@ predict.MIN_CONFIDENCE, predict.MAX_NOVELTY and predict.MIN_DIGIT_PROBABILITY ar
 validation digits, never on the second. The calibration table shows them there, on photos and not-a-digit pictures
 of one seed: the shares answered at each threshold, and the lowest novelty and highest digit probability that still
 answer 99% of those digits (the gate's limit was set by a stricter rule on more of them: docs/photos.md). Every
-other row is measured on the second half and pictures of another seed, letters drawn afresh. Prints a table, whether each target below is met, and writes
-benchmarks/results/photos.json (not tracked by git; the measurements the docs cite are kept in
-docs/results/).
+other row is measured on the second half and pictures of another seed, letters drawn afresh. Prints a table,
+whether each target below is met, and writes benchmarks/results/photos.json (not tracked by git; the measurements
+the docs cite are kept in docs/results/).
 
 There is no "before" column: the benchmark measures the code in the tree, and the single-threshold preprocessing
 that photo.py's cleaning replaced is not in it (running an old commit's code out of git would measure something no
