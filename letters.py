@@ -3,7 +3,8 @@ matplotlib ships, scribbles, word pieces, blobs, specks and noise, each made int
 digit is made into one (photo.to_mnist); and digits remade that way, for the gate to learn as digits.
 
     letter_pictures()              -> float32 [N, 28, 28, 1] in [0, 1], and the character each shows
-    non_digit_pictures(n, seed)    -> the letters and n more of the other kinds (the digit gate's no digits)
+    non_digit_pictures(n, seed)    -> the letters (each a few times) and n more of the other kinds (the digit
+                                      gate's no digits)
     remade_digits(digits, n, seed) -> n of the digits as a photo's come out of photo.to_mnist
 
 A network trained on digits alone has to call an A a digit (a 4, surely); shown letters as what is no digit
@@ -171,15 +172,20 @@ def _drawn(n, draw):
 
 
 NON_DIGITS = 8000  # run.py's digit gate learns from at most this many of NON_DIGIT_KINDS (and every letter)
+# The font letters are few beside the drawn shapes, and letters are what the gate finds hard to refuse: each is
+# shown this many times, so that they are about two fifths of what the gate learns as no digit.
+LETTER_COPIES = 4
 NON_DIGIT_KINDS = {"scribbles": scribbles, "word pieces": word_pieces, "blobs": blobs, "specks": specks,
                    "noise": noise}
 
 
 def non_digit_pictures(n, seed=0):
-    """What the digit gate learns as no digit -> float32 [N, 28, 28, 1]: every picture of letter_pictures, and n
-    more shared among NON_DIGIT_KINDS (scribbles half of them, the other kinds an eighth each)."""
+    """What the digit gate learns as no digit -> float32 [N, 28, 28, 1]: every picture of letter_pictures,
+    LETTER_COPIES times over, and n more shared among NON_DIGIT_KINDS (scribbles half of them, the other kinds an
+    eighth each)."""
     rng = np.random.default_rng(seed)
     shares = {"scribbles": n // 2, "word pieces": n // 8, "blobs": n // 8, "specks": n // 8}
     shares["noise"] = n - sum(shares.values())
     made = [NON_DIGIT_KINDS[kind](rng, count) for kind, count in shares.items() if count]
-    return np.concatenate([letter_pictures()[0], *[pictures[..., None] for pictures in made]])
+    letters = np.tile(letter_pictures()[0], (LETTER_COPIES, 1, 1, 1))
+    return np.concatenate([letters, *[pictures[..., None] for pictures in made]])

@@ -53,11 +53,12 @@ def test_each_kind_of_no_digit_is_28x28_in_0_1_with_ink_but_the_blanks(real_digi
         assert inked.all() or (kind == "noise" and inked.sum() == 16 - 16 // 8), kind
 
 
-def test_non_digit_pictures_hold_every_font_letter_and_n_more():
+def test_non_digit_pictures_hold_every_font_letter_letter_copies_times_and_n_more():
     fonts = letters.letter_pictures()[0]
     pictures = letters.non_digit_pictures(40, seed=3)
-    assert pictures.shape == (len(fonts) + 40, 28, 28, 1)
-    np.testing.assert_array_equal(pictures[:len(fonts)], fonts)
+    assert pictures.shape == (letters.LETTER_COPIES * len(fonts) + 40, 28, 28, 1)
+    for copy in range(letters.LETTER_COPIES):
+        np.testing.assert_array_equal(pictures[copy * len(fonts):(copy + 1) * len(fonts)], fonts)
 
 
 # ---- the SavedModel ----------------------------------------------------------------------------------------
