@@ -38,6 +38,8 @@ end to end, its figures mean nothing, and it judges no target.
 # ---- settings: each is also a flag, e.g. --per_condition 100 ----
 per_condition = 100      # photos of single digits per condition (and not-a-digit pictures per kind)
 per_length = 50          # numbers of each length 2..5
+letter_like = 1000       # letter-like pictures: more than per_condition, since their target (95%) is judged to a
+                         # point, which 100 pictures cannot tell (one picture is a point)
 seed = 0                 # renders: this seed measures, seed + 1 calibrates
 model = "model/saved_model"   # a SavedModel of python run.py, whose model/settings.json says what it left unseen
 out = ""                 # the JSON's path (relative to the repo); default: benchmarks/results/photos.json,
@@ -348,9 +350,11 @@ def numbers(rng, digits, labels, n, classify):
     return measured
 
 
-def no_digits(rng, n, classify):
-    """{kind: results} for n pictures of each kind that holds no digit."""
-    return {kind: [measure(not_a_digit(rng, kind), classify) for _ in range(n)] for kind in NOT_DIGITS}
+def no_digits(rng, n, classify, n_letter_like=None):
+    """{kind: results} for n pictures of each kind that holds no digit (n_letter_like of the letter-like, if
+    given)."""
+    counts = {kind: n_letter_like if kind == "letter-like" and n_letter_like else n for kind in NOT_DIGITS}
+    return {kind: [measure(not_a_digit(rng, kind), classify) for _ in range(counts[kind])] for kind in NOT_DIGITS}
 
 
 def as_in_train_csv(digits, labels, classify):
@@ -469,7 +473,8 @@ def unseen_split(model_path):
 
 def main(settings):
     import data
-    n, n_numbers = (2, 1) if settings.quick else (settings.per_condition, settings.per_length)
+    n, n_numbers, n_letter_like = (2, 1, 2) if settings.quick else (settings.per_condition, settings.per_length,
+                                                                     settings.letter_like)
     if settings.quick:
         print(SMOKE_RUN, flush=True)
     model_path = REPO / settings.model
@@ -499,7 +504,7 @@ def main(settings):
     rows += [row("number", f"{length} digits", *measured)
              for length, measured in numbers(rng, *held_out, n_numbers, classify).items()]
     rows += [row("not a digit", kind, results, [None])
-             for kind, results in no_digits(rng, n, classify).items()]
+             for kind, results in no_digits(rng, n, classify, n_letter_like).items()]
     rows.append(row(AS_IN_TRAIN_CSV, "no photo", *as_in_train_csv(held_out[0], held_out[1], classify)))
 
     print_table(rows)
