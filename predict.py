@@ -48,7 +48,7 @@ SAVED_MODEL = "model/saved_model"
 # The calibration and its figures: docs/photos.md.
 MIN_CONFIDENCE = 0.5
 MAX_NOVELTY = 1.7
-MIN_DIGIT_PROBABILITY = 0.12
+MIN_DIGIT_PROBABILITY = 0.08
 
 
 @dataclass
