@@ -1,7 +1,7 @@
 """How well does predict.py read photos as people take them, and say "?" for what is not a digit?
 
     python run.py                          # a model that leaves a tenth of train.csv's digits unseen
-    python benchmarks/photos.py            # about 20 minutes on that model/saved_model
+    python benchmarks/photos.py            # a few minutes on that model/saved_model
     python benchmarks/photos.py --quick    # a smoke run in seconds; its numbers mean nothing
 
 The digits are real: train.csv digits from the validation split of that run (data.split_train_validation with its
