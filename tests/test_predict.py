@@ -297,11 +297,11 @@ def test_a_picture_of_too_many_pixels_is_refused_before_it_is_decoded(tmp_path, 
 # ---- the answer -------------------------------------------------------------------------------------------
 
 def sure_of(digit_for, novelty=0.5):
-    """A stand-in for the model, sure (0.9) of digit_for(picture index) for each picture; of the others, the
-    lower digits a little likelier (about 0.01 each); each picture of this novelty."""
+    """A stand-in for the model, sure (0.95, above photo.SURE_SPLIT) of digit_for(picture index) for each picture;
+    of the others, the lower digits a little likelier (about 0.005 each); each picture of this novelty."""
     def classify(pictures):
-        probabilities = np.tile(np.linspace(0.0114, 0.0108, 10, dtype=np.float32), (len(pictures), 1))
-        probabilities[np.arange(len(pictures)), [digit_for(i) for i in range(len(pictures))]] = 0.9
+        probabilities = np.tile(np.linspace(0.0058, 0.0052, 10, dtype=np.float32), (len(pictures), 1))
+        probabilities[np.arange(len(pictures)), [digit_for(i) for i in range(len(pictures))]] = 0.95
         return {"probabilities": probabilities, "novelty": np.full(len(pictures), novelty, np.float32)}
     return classify
 
@@ -343,7 +343,7 @@ def test_a_digit_at_exactly_the_minimum_confidence_and_the_maximum_novelty_is_an
 def test_a_sure_digit_is_answered_with_its_three_likeliest(tmp_path):
     draw(7).save(tmp_path / "seven.png")
     reading = predict.read(tmp_path / "seven.png", sure_of(lambda i: 7))
-    assert reading.digits == "7" and reading.details == "7 0.90, 0 0.01, 1 0.01"
+    assert reading.digits == "7" and reading.details == "7 0.95, 0 0.01, 1 0.01"
 
 
 # ---- python predict.py, end to end ------------------------------------------------------------------------
@@ -513,7 +513,7 @@ def test_exit_code_is_0_when_every_picture_is_read(workdir, monkeypatch, capsys)
     monkeypatch.chdir(workdir)  # in this process, with a stand-in model, to spare another start of TensorFlow
     monkeypatch.setattr(predict, "load_classifier", lambda: sure_of(lambda i: 3))
     assert predict.main(["one.png", "blank.png"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["one.png: 3  (3 0.90, 0 0.01, 1 0.01)",
+    assert capsys.readouterr().out.splitlines() == ["one.png: 3  (3 0.95, 0 0.01, 1 0.01)",
                                                     "blank.png: ?  (no digit: no ink stands out from the paper)"]
 
 
