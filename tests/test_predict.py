@@ -254,6 +254,21 @@ def test_touching_digits_are_split_when_the_model_is_sure_of_each_piece(real_dig
     assert len(mnist_digits(touching, sure_of(lambda i: 1))) == 2
 
 
+def test_touching_digits_are_cut_only_if_each_piece_is_read_at_least_sure_split_surely(real_digits):
+    images, _ = real_digits
+    touching = picture(on_paper(list(images[[13, 8], :, :, 0]), size=(700, 400), height=200, gap=-30))
+
+    def reading_every_piece_as_a_1(sureness):
+        def classify(pictures):
+            probabilities = np.full((len(pictures), 10), (1 - sureness) / 9, np.float32)
+            probabilities[:, 1] = sureness
+            return {"probabilities": probabilities, "novelty": np.zeros(len(pictures))}
+        return classify
+
+    assert len(mnist_digits(touching, reading_every_piece_as_a_1(photo.SURE_SPLIT + 0.005))) == 2
+    assert len(mnist_digits(touching, reading_every_piece_as_a_1(photo.SURE_SPLIT - 0.005))) == 1
+
+
 def test_a_piece_is_not_cut_into_a_digit_and_a_stroke_the_model_is_unsure_of(real_digits):
     images, _ = real_digits  # as a letter N, cut into a 1 and the rest, would pass for a number
 
