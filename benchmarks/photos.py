@@ -353,7 +353,7 @@ def numbers(rng, digits, labels, n, classify):
 def no_digits(rng, n, classify, n_letter_like=None):
     """{kind: results} for n pictures of each kind that holds no digit (n_letter_like of the letter-like, if
     given)."""
-    counts = {kind: n_letter_like if kind == "letter-like" and n_letter_like else n for kind in NOT_DIGITS}
+    counts = {kind: n_letter_like if kind == "letter-like" and n_letter_like is not None else n for kind in NOT_DIGITS}
     return {kind: [measure(not_a_digit(rng, kind), classify) for _ in range(counts[kind])] for kind in NOT_DIGITS}
 
 
@@ -487,6 +487,10 @@ def main(settings):
     half = len(val_images) // 2
     calibration, held_out = (val_images[:half, ..., 0], val_labels[:half]), (val_images[half:, ..., 0],
                                                                              val_labels[half:])
+    if n > len(held_out[0]):
+        print(f"error: --per_condition {n}: the model left only {len(held_out[0])} digits to measure on",
+              file=sys.stderr)
+        return 2
     print(f"digits: train.csv's validation split as the model's run made it (split_train_validation(images, "
           f"labels, {split[0]}, {split[1]})), {len(val_images)} digits model/saved_model did "
           f"not train on: the first {half} calibrate, the other {len(val_images) - half} are measured")
@@ -523,5 +527,15 @@ def main(settings):
     return 0
 
 
+def parse_settings(argv=None):
+    """-> the settings, each count at least 1 (else argparse's one-line error and exit 2)."""
+    parser = flags.settings_parser(globals())
+    settings = parser.parse_args(argv)
+    for name in ("per_condition", "per_length", "letter_like"):
+        if getattr(settings, name) < 1:
+            parser.error(f"--{name} {getattr(settings, name)}: must be at least 1")
+    return settings
+
+
 if __name__ == "__main__":
-    sys.exit(main(flags.settings_parser(globals()).parse_args()))
+    sys.exit(main(parse_settings()))

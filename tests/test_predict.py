@@ -546,6 +546,13 @@ def test_without_a_model_says_run_python_run_py_first(tmp_path):
     assert result.stderr.count("\n") == 1 and "run python run.py first" in result.stderr
 
 
+def test_the_photos_benchmark_refuses_a_count_below_1_in_one_line():
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "photos.py"), "--letter_like", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1].endswith("error: --letter_like 0: must be at least 1")
+
+
 def test_the_photos_benchmark_smoke_run_prints_its_table_and_writes_its_json(tmp_path, workdir):
     out = tmp_path / "photos.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "photos.py"), "--quick", "--model",
