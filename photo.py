@@ -43,9 +43,9 @@ SPECK_AREA = 0.1  # ... and with less than 10 % of the largest piece's area is a
 MAX_INK_COVER = 0.3  # ink over more than 30 % of the picture is noise or shading, not a written number
 SPLIT_ASPECT = 0.9  # a piece of ink this much wider than tall may be digits that touch ...
 DIGIT_ASPECT = 0.7  # ... about as many as digits this much wider than tall would fill
-SURE_SPLIT = 0.94  # ... and is, only if each piece it cuts into is read this surely: near the top the default
-                   # network reaches (label smoothing keeps its probabilities under 0.955), since half a 0 is
-                   # read as a 6 or a 7 almost as surely as a real digit
+SURE_SPLIT = 0.94  # ... and is, only if each piece it cuts into is read this surely: near where the default
+                   # network reads real digits (label smoothing keeps even its surest readings below 0.99), since
+                   # it reads half a 0 as a 6 or a 7 almost as surely
 JOIN_GAP = 0.15  # pieces this close (a share of the tallest's height) may be one digit's broken stroke
 MAX_DIGITS = 20  # more pieces in a row than this are text or noise
 
