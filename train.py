@@ -611,7 +611,9 @@ def train_digit_gate(gate, digits, non_digits, seed, epochs=GATE_EPOCHS):
     from non_digits ([M, 28, 28, 1], letters.non_digit_pictures): each step draws as many of each at random,
     augments them alike (GATE_AUGMENTATION, then tools.photo_remnants) and descends the mean sigmoid
     cross-entropy of the logit against 1 for a digit, 0 for none, by Adam on a one-cycle schedule, for `epochs`
-    passes over the digits. -> the last step's loss."""
+    passes over the digits. -> the last step's loss.
+
+    Ctrl-C or SIGTERM ends the current step and raises TrainingInterrupted; nothing of the gate is saved."""
     steps = max(1, math.ceil(epochs * len(digits) / (GATE_BATCH_SIZE // 2)))
     rng = random_generator(seed, TRAINING_DRAWS)
     optimizer = Adam(gate.trainable_variables, learning_rate=GATE_LEARNING_RATE)
@@ -631,6 +633,9 @@ def train_digit_gate(gate, digits, non_digits, seed, epochs=GATE_EPOCHS):
 
     step = graph_function(step)
     loss = None
-    for _ in range(steps):
-        loss = step()
+    with StopRequests() as stop:
+        for _ in range(steps):
+            loss = step()
+            if stop.requested:
+                raise TrainingInterrupted(f"{stop.requested} while training the digit gate")
     return float(loss)

@@ -43,6 +43,24 @@ def test_the_gate_refuses_pictures_of_no_digit_it_never_saw(trained_gate):
     assert np.mean(digit_probability(trained_gate, others[..., None]) < 0.5) >= 0.85
 
 
+def test_ctrl_c_ends_the_gates_training_after_the_step_it_came_in_and_says_so(real_digits, monkeypatch):
+    import os
+    import signal
+
+    import train
+    from model import DigitGate
+    images, _ = real_digits
+
+    def remnants_then_ctrl_c(*args):  # called as the first step is traced, so Ctrl-C comes during that step
+        os.kill(os.getpid(), signal.SIGINT)  # the training's own handler takes it
+        return photo_remnants(*args)
+    photo_remnants = train.photo_remnants
+    monkeypatch.setattr(train, "photo_remnants", remnants_then_ctrl_c)
+    with pytest.raises(train.TrainingInterrupted, match="^interrupted by Ctrl-C while training the digit gate$"):
+        train.train_digit_gate(DigitGate(seed=0), images[:64], letters.non_digit_pictures(64, seed=0), seed=0,
+                               epochs=50)
+
+
 def test_each_kind_of_no_digit_is_28x28_in_0_1_with_ink_but_the_blanks(real_digits):
     rng = np.random.default_rng(0)
     for kind, make in letters.NON_DIGIT_KINDS.items():

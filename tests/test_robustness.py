@@ -83,12 +83,16 @@ def interrupt_in_the_second_epoch(directory, signal_number):
 
 def interrupted_once(directory, pattern, signal_number, timeout=600):
     """Start the short run on a terminal, as a user runs it, and send the signal as soon as it writes what matches
-    `pattern` -> (exit code, stderr). stderr goes to a file, so the run never waits on a full pipe."""
+    `pattern` -> (exit code, stderr). stderr goes to a file, so the run never waits on a full pipe.
+
+    The run starts with Ctrl-C's usual meaning, as from a terminal, however the tests were started: a script that
+    starts them in the background has them ignore SIGINT, and what they start would inherit that."""
     deadline = time.monotonic() + timeout
     terminal, run_side = pty.openpty()
     with open(directory / "stderr.txt", "w") as stderr:
         process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *SHORT_RUN], cwd=directory,
-                                   stdout=run_side, stderr=stderr)
+                                   stdout=run_side, stderr=stderr,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(run_side)
     try:
         read_until(terminal, pattern, deadline)
@@ -150,6 +154,15 @@ def test_ctrl_c_while_the_digit_gate_trains_keeps_the_classifier_and_resume_only
     assert "epoch   1/2" not in resumed and "epoch   2/2" not in resumed, resumed  # the classifier was done
     assert "digit gate: " in resumed and (directory / "model" / "saved_model" / "saved_model.pb").exists()
     assert len((directory / "submission.csv").read_text().splitlines()) == 31
+
+
+def test_sigterm_while_the_digit_gate_trains_stops_cleanly_and_keeps_the_classifier(tmp_path):
+    directory = workdir(tmp_path)
+    code, stderr = interrupted_once(directory, r"digit gate: training", signal.SIGTERM)
+    assert code == 130, stderr
+    assert "stopped: stopped by SIGTERM while training the digit gate" in stderr and "Traceback" not in stderr
+    assert tf.train.latest_checkpoint(str(directory / "model" / "latest"))
+    assert not (directory / "model" / "saved_model").exists() and not (directory / "submission.csv").exists()
 
 
 def test_deterministic_runs_are_bit_identical(uninterrupted, tmp_path):
