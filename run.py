@@ -306,14 +306,12 @@ def train_digit_gate(train_images, seed):
     started = time.time()
     print(f"digit gate: training it, {train.GATE_EPOCHS:g} passes over the digits (Ctrl-C stops it and keeps the "
           "classifier)", flush=True)
-    # A stop asked for while the pictures are made is kept until they are, then ends the run as one asked for
-    # while the gate trains does (train.TrainingInterrupted). Nothing of the gate is kept: --resume finds the
-    # classifier done and trains the gate again.
-    with train.StopRequests() as stop:
+    # A stop asked for while the pictures are made waits for them, then ends the gate's first step
+    # (train.TrainingInterrupted). Nothing of the gate is kept: --resume finds the classifier done and trains the
+    # gate again.
+    with train.StopRequests():
         non_digits = letters.non_digit_pictures(min(len(train_images), letters.NON_DIGITS), seed)
         digits = np.concatenate([train_images, letters.remade_digits(train_images, letters.NON_DIGITS, seed)])
-        if stop.requested:
-            raise train.TrainingInterrupted(f"{stop.requested} while training the digit gate")
         gate = DigitGate(seed=seed)
         train.train_digit_gate(gate, digits, non_digits, seed)
     print(f"digit gate: {len(train_images)} digits ({len(digits) - len(train_images)} of them also remade as a "

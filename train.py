@@ -521,13 +521,18 @@ class CheckpointMismatch(Exception):
 
 class StopRequests:
     """While active, Ctrl-C (SIGINT) and SIGTERM only record that a stop was asked for, so the training loop can
-    finish its step, save and stop at a consistent point; a second Ctrl-C interrupts at once, as usual."""
+    finish its step, save and stop at a consistent point; a second Ctrl-C interrupts at once, as usual. One
+    entered inside another starts with the stop the outer one recorded, so a stop asked for before the inner
+    loop began is not lost."""
 
     def __enter__(self):
         self.requested, self.previous = None, {}
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             for signal_number in (signal.SIGINT, signal.SIGTERM):
                 self.previous[signal_number] = signal.signal(signal_number, self.request)
+            outer = getattr(self.previous[signal.SIGINT], "__self__", None)
+            if isinstance(outer, StopRequests):
+                self.requested = outer.requested
         return self
 
     def request(self, signal_number, frame):

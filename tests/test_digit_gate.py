@@ -2,6 +2,9 @@
 (letters.non_digit_pictures), trained by train.train_digit_gate, exported as the SavedModel's digit_probability, and
 read by predict.read, which answers "?" for a piece it refuses (unless it passes most of the piece's picture). The
 classifier itself is left as it was."""
+import os
+import signal
+
 import numpy as np
 import pytest
 
@@ -44,9 +47,6 @@ def test_the_gate_refuses_pictures_of_no_digit_it_never_saw(trained_gate):
 
 
 def test_ctrl_c_ends_the_gates_training_after_the_step_it_came_in_and_says_so(real_digits, monkeypatch):
-    import os
-    import signal
-
     import train
     from model import DigitGate
     images, _ = real_digits
