@@ -304,12 +304,12 @@ def train_digit_gate(train_images, seed):
     from model import DigitGate
 
     started = time.time()
-    print(f"digit gate: training it, {train.GATE_EPOCHS:g} passes over the digits (Ctrl-C stops it and keeps the "
-          "classifier)", flush=True)
     # A stop asked for while the pictures are made waits for them, then ends the gate's first step
     # (train.TrainingInterrupted). Nothing of the gate is kept: --resume finds the classifier done and trains the
-    # gate again.
+    # gate again. The line that says Ctrl-C stops it comes once that is so.
     with train.StopRequests():
+        print(f"digit gate: training it, {train.GATE_EPOCHS:g} passes over the digits (Ctrl-C stops it and keeps "
+              "the classifier)", flush=True)
         non_digits = letters.non_digit_pictures(min(len(train_images), letters.NON_DIGITS), seed)
         digits = np.concatenate([train_images, letters.remade_digits(train_images, letters.NON_DIGITS, seed)])
         gate = DigitGate(seed=seed)
